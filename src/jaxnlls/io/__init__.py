@@ -1,0 +1,21 @@
+"""File readers and writers (host-side numpy): g2o/TORO pose graphs and BAL problems.
+
+Nothing here imports JAX: the readers return plain numpy dataclasses that the CLI, benches and
+user code turn into factor graphs. Every reader raises :class:`FormatError` (a ``ValueError``)
+naming the file, the line and the record tag on bad input.
+"""
+
+from ._bal import BALProblem as BALProblem, read_bal as read_bal, rodrigues_rotate as rodrigues_rotate
+from ._errors import FormatError as FormatError
+from ._pose_graph import (
+    INFORMATION_FLOOR as INFORMATION_FLOOR,
+    INFORMATION_RTOL as INFORMATION_RTOL,
+    PoseGraph as PoseGraph,
+    project_to_psd as project_to_psd,
+    read_g2o as read_g2o,
+    read_pose_graph as read_pose_graph,
+    read_toro as read_toro,
+    write_g2o as write_g2o,
+    wxyz_to_xyzw as wxyz_to_xyzw,
+    xyzw_to_wxyz as xyzw_to_wxyz,
+)

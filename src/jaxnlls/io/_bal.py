@@ -1,0 +1,198 @@
+"""Bundle Adjustment in the Large (BAL) problem files. Pure numpy, host side."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from ._errors import FormatError
+
+__all__ = ["BALProblem", "read_bal", "rodrigues_rotate"]
+
+
+def rodrigues_rotate(rotvec: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Rotates ``(..., 3)`` points by ``(..., 3)`` rotation vectors (Rodrigues' formula)."""
+    theta = np.linalg.norm(rotvec, axis=-1, keepdims=True)
+    small = theta < 1e-8
+    th = np.where(small, 1.0, theta)
+    k = rotvec / th
+    cos, sin = np.cos(theta), np.sin(theta)
+    full = (
+        points * cos
+        + np.cross(k, points) * sin
+        + k * np.sum(k * points, axis=-1, keepdims=True) * (1.0 - cos)
+    )
+    first_order = points + np.cross(rotvec, points)
+    return np.where(small, first_order, full)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BALProblem:
+    """A BAL bundle-adjustment problem (host-side numpy arrays).
+
+    Camera model (BAL convention): ``P = R(w) X + t``, ``p = -P[:2] / P[2]``,
+    ``pixel = f (1 + k1 |p|^2 + k2 |p|^4) p``. Points with ``P[2] > 0`` lie behind the camera
+    (which looks down ``-z``); they are not special-cased, their residual counts in the cost like
+    any other (the convention of ``REFERENCE_COSTS.md``).
+
+    Attributes:
+        cameras: ``(C, 9)``: Rodrigues rotation ``w`` (3), translation ``t`` (3), ``f``,
+            ``k1``, ``k2``.
+        points: ``(P, 3)`` world points.
+        camera_index: ``(O,)`` int64 camera of each observation.
+        point_index: ``(O,)`` int64 point of each observation.
+        observations: ``(O, 2)`` measured pixel coordinates ``(u, v)``.
+        source: the file read.
+    """
+
+    cameras: np.ndarray
+    points: np.ndarray
+    camera_index: np.ndarray
+    point_index: np.ndarray
+    observations: np.ndarray
+    source: str = "<memory>"
+
+    @property
+    def n_cameras(self) -> int:
+        return int(self.cameras.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def n_observations(self) -> int:
+        return int(self.observations.shape[0])
+
+    def residuals(
+        self, cameras: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(O, 2)`` reprojection residuals ``predicted - observed`` (numpy reference)."""
+        cams = self.cameras if cameras is None else np.asarray(cameras, dtype=np.float64)
+        pts = self.points if points is None else np.asarray(points, dtype=np.float64)
+        c = cams[self.camera_index]
+        x = rodrigues_rotate(c[:, 0:3], pts[self.point_index]) + c[:, 3:6]
+        p = -x[:, :2] / x[:, 2:3]
+        r2 = np.sum(p * p, axis=-1, keepdims=True)
+        distortion = 1.0 + c[:, 7:8] * r2 + c[:, 8:9] * r2 * r2
+        return c[:, 6:7] * distortion * p - self.observations
+
+    def cost(self, cameras: np.ndarray | None = None, points: np.ndarray | None = None) -> float:
+        """``0.5 * sum ||residuals||^2`` over all observations."""
+        r = self.residuals(cameras, points)
+        return 0.5 * float(np.sum(r * r))
+
+    def behind_camera(
+        self, cameras: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(O,)`` bool: the observed point is behind its camera (``P[2] >= 0``)."""
+        cams = self.cameras if cameras is None else np.asarray(cameras, dtype=np.float64)
+        pts = self.points if points is None else np.asarray(points, dtype=np.float64)
+        c = cams[self.camera_index]
+        x = rodrigues_rotate(c[:, 0:3], pts[self.point_index]) + c[:, 3:6]
+        return x[:, 2] >= 0.0
+
+
+def _number(path: str, lineno: int, s: str, what: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise FormatError(path, lineno, f"{what} ({s!r}) is not a number") from None
+    if not math.isfinite(v):
+        raise FormatError(path, lineno, f"{what} is not finite ({s!r})")
+    return v
+
+
+def _integer(path: str, lineno: int, s: str, what: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise FormatError(path, lineno, f"{what} ({s!r}) is not an integer") from None
+
+
+def read_bal(path: str | os.PathLike[str]) -> BALProblem:
+    """Reads a BAL problem file.
+
+    Layout: a header ``n_cameras n_points n_observations``; ``n_observations`` lines
+    ``camera point u v``; then ``9 n_cameras + 3 n_points`` parameters (one per line in the
+    published files; any whitespace layout is accepted here). Blank lines are skipped anywhere.
+
+    Raises:
+        FormatError: wrong field count, non-numeric or non-finite value, index out of range,
+            missing or trailing data. The message names the file and line.
+    """
+    path = os.fspath(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
+    with f:
+        lines = [(k, ln.split()) for k, ln in enumerate(f, 1)]
+    lines = [(k, tok) for k, tok in lines if tok]
+    if not lines:
+        raise FormatError(path, None, "empty file")
+    k0, head = lines[0]
+    if len(head) != 3:
+        raise FormatError(
+            path, k0, f"header: expected 3 fields (n_cameras n_points n_observations), got {len(head)}"
+        )
+    n_cam, n_pt, n_obs = (_integer(path, k0, s, f"header field {i + 1}") for i, s in enumerate(head))
+    if min(n_cam, n_pt, n_obs) <= 0:
+        raise FormatError(path, k0, f"header: counts must be positive, got {n_cam} {n_pt} {n_obs}")
+    if len(lines) < 1 + n_obs:
+        last = lines[-1][0]
+        raise FormatError(
+            path, last, f"expected {n_obs} observation lines, found {len(lines) - 1} before end of file"
+        )
+    cam_idx = np.empty(n_obs, dtype=np.int64)
+    pt_idx = np.empty(n_obs, dtype=np.int64)
+    obs = np.empty((n_obs, 2))
+    for o in range(n_obs):
+        k, tok = lines[1 + o]
+        if len(tok) != 4:
+            raise FormatError(
+                path, k, f"observation {o}: expected 4 fields (camera point u v), got {len(tok)}"
+            )
+        c = _integer(path, k, tok[0], "camera index")
+        p = _integer(path, k, tok[1], "point index")
+        if not 0 <= c < n_cam:
+            raise FormatError(path, k, f"camera index {c} out of range [0, {n_cam})")
+        if not 0 <= p < n_pt:
+            raise FormatError(path, k, f"point index {p} out of range [0, {n_pt})")
+        cam_idx[o], pt_idx[o] = c, p
+        obs[o, 0] = _number(path, k, tok[2], "u")
+        obs[o, 1] = _number(path, k, tok[3], "v")
+    n_params = 9 * n_cam + 3 * n_pt
+    params = np.empty(n_params)
+    m = 0
+    for k, tok in lines[1 + n_obs :]:
+        for s in tok:
+            if m >= n_params:
+                raise FormatError(
+                    path, k, f"unexpected data after the {n_params} camera and point parameters"
+                )
+            what = (
+                f"camera {m // 9} parameter {m % 9}"
+                if m < 9 * n_cam
+                else f"point {(m - 9 * n_cam) // 3} coordinate {(m - 9 * n_cam) % 3}"
+            )
+            params[m] = _number(path, k, s, what)
+            m += 1
+    if m < n_params:
+        raise FormatError(
+            path,
+            lines[-1][0],
+            f"expected {n_params} parameters (9 x {n_cam} cameras + 3 x {n_pt} points), "
+            f"found {m} before end of file",
+        )
+    return BALProblem(
+        cameras=params[: 9 * n_cam].reshape(n_cam, 9),
+        points=params[9 * n_cam :].reshape(n_pt, 3),
+        camera_index=cam_idx,
+        point_index=pt_idx,
+        observations=obs,
+        source=path,
+    )
