@@ -137,15 +137,21 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
     k0, head = lines[0]
     if len(head) != 3:
         raise FormatError(
-            path, k0, f"header: expected 3 fields (n_cameras n_points n_observations), got {len(head)}"
+            path,
+            k0,
+            f"header: expected 3 fields (n_cameras n_points n_observations), got {len(head)}",
         )
-    n_cam, n_pt, n_obs = (_integer(path, k0, s, f"header field {i + 1}") for i, s in enumerate(head))
+    n_cam, n_pt, n_obs = (
+        _integer(path, k0, s, f"header field {i + 1}") for i, s in enumerate(head)
+    )
     if min(n_cam, n_pt, n_obs) <= 0:
         raise FormatError(path, k0, f"header: counts must be positive, got {n_cam} {n_pt} {n_obs}")
     if len(lines) < 1 + n_obs:
         last = lines[-1][0]
         raise FormatError(
-            path, last, f"expected {n_obs} observation lines, found {len(lines) - 1} before end of file"
+            path,
+            last,
+            f"expected {n_obs} observation lines, found {len(lines) - 1} before end of file",
         )
     cam_idx = np.empty(n_obs, dtype=np.int64)
     pt_idx = np.empty(n_obs, dtype=np.int64)

@@ -137,9 +137,7 @@ class PoseGraph:
         default_factory=lambda: np.zeros((0, 2), dtype=np.int64)
     )
     fixed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
-    repaired: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.zeros((0,), dtype=np.int64)
-    )
+    repaired: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
 
     @property
     def n_poses(self) -> int:
@@ -180,9 +178,13 @@ class PoseGraph:
         x = self.poses if poses is None else np.asarray(poses, dtype=np.float64)
         xi, xj = x[self.edges[:, 0]], x[self.edges[:, 1]]
         if self.dim == 2:
-            err = se2_log(se2_compose(se2_inverse(self.measurements), se2_compose(se2_inverse(xi), xj)))
+            err = se2_log(
+                se2_compose(se2_inverse(self.measurements), se2_compose(se2_inverse(xi), xj))
+            )
         else:
-            err = se3_log(se3_compose(se3_inverse(self.measurements), se3_compose(se3_inverse(xi), xj)))
+            err = se3_log(
+                se3_compose(se3_inverse(self.measurements), se3_compose(se3_inverse(xi), xj))
+            )
         return np.einsum("eab,eb->ea", self.sqrt_information(), err)
 
     def cost(self, poses: np.ndarray | None = None) -> float:
@@ -283,7 +285,8 @@ def _check_unit_quaternion(rec: _Line, q: list[float]) -> np.ndarray:
     n = float(np.linalg.norm(arr))
     if abs(n - 1.0) > 1e-2:
         raise rec.error(f"quaternion (qx qy qz qw) has norm {n:.6g}, expected 1")
-    return arr / n
+    # leave unit quaternions bit-exact (so write -> read round trips are exact)
+    return arr if abs(n - 1.0) <= 8 * np.finfo(np.float64).eps else arr / n
 
 
 def _read(
@@ -337,7 +340,9 @@ def _read(
             vid = rec.int_at(1)
             vals = rec.floats(2, n)
             if vid in vertices:
-                raise rec.error(f"duplicate vertex id {vid} (first defined on line {vertices[vid][1]})")
+                raise rec.error(
+                    f"duplicate vertex id {vid} (first defined on line {vertices[vid][1]})"
+                )
             if dim == 3:
                 pose = np.concatenate([vals[:3], _check_unit_quaternion(rec, vals[3:7])])
             else:
@@ -387,10 +392,12 @@ def _read(
     else:
         ids = np.asarray(sorted(vertices), dtype=np.int64)
         known = set(vertices)
-        for (i, j), ln, tag in zip(e_ids, e_lines, e_tags):
+        for (i, j), ln, tag in zip(e_ids, e_lines, e_tags, strict=True):
             for v in (i, j):
                 if v not in known:
-                    raise FormatError(path, ln, f"edge ({i}, {j}) names missing vertex {v}", tag=tag)
+                    raise FormatError(
+                        path, ln, f"edge ({i}, {j}) names missing vertex {v}", tag=tag
+                    )
     index = {int(v): k for k, v in enumerate(ids)}
     for a, b, ln in equiv:
         for v in (a, b):
@@ -435,9 +442,9 @@ def _read(
         if dim == 2:
             poses[:, 2] = wrap_angle(poses[:, 2])
 
-    equivalences = np.asarray(
-        [(index[a], index[b]) for a, b, _ in equiv], dtype=np.int64
-    ).reshape(-1, 2)
+    equivalences = np.asarray([(index[a], index[b]) for a, b, _ in equiv], dtype=np.int64).reshape(
+        -1, 2
+    )
     fixed_idx = np.asarray(sorted({index[v] for v, _ in fixed}), dtype=np.int64)
     assert information.shape[1:] == (d, d)
     return PoseGraph(
@@ -587,11 +594,13 @@ def write_g2o(
         raise ValueError(f"poses must have shape {graph.poses.shape}, got {x.shape}")
     d = graph.tangent_dim
     iu = np.triu_indices(d)
-    vtag, etag = ("VERTEX_SE2", "EDGE_SE2") if graph.dim == 2 else ("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT")
+    vtag, etag = (
+        ("VERTEX_SE2", "EDGE_SE2") if graph.dim == 2 else ("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT")
+    )
     out: list[str] = []
-    for vid, p in zip(graph.ids, x):
+    for vid, p in zip(graph.ids, x, strict=True):
         out.append(" ".join([vtag, str(int(vid)), *map(_fmt, p)]))
-    for (i, j), m, info in zip(graph.edges, graph.measurements, graph.information):
+    for (i, j), m, info in zip(graph.edges, graph.measurements, graph.information, strict=True):
         fields = [etag, str(int(graph.ids[i])), str(int(graph.ids[j]))]
         fields += map(_fmt, m)
         fields += map(_fmt, info[iu])
