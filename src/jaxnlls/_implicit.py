@@ -1,0 +1,205 @@
+"""The implicit-function rules (the only ``custom_vjp`` rules in the library).
+
+At a solution ``x*`` let ``φ(δ, θ) = ½‖r(x* ⊕ δ, θ)‖²`` in the tangent chart of ``x*``,
+``g = ∇_δ φ`` at ``δ = 0`` and ``H = ∂g/∂δ``. Stationarity ``g(0, θ) = 0`` defines ``x*(θ)``;
+the implicit function theorem gives, for a cotangent ``x̄`` of the solution::
+
+    δ̄ = VJP of (δ ↦ x* ⊕ δ) at 0 applied to x̄      # ambient -> tangent cotangent
+    solve (H + μI) u = δ̄
+    θ̄ = -VJP of (θ ↦ g(0, θ)) applied to u
+
+``θ`` here is the closure-converted ``(residual_fn, params)`` pair, so arrays captured by
+``residual_fn`` receive gradients too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from .linear import psd_solve
+from .manifold import retract
+
+#: Hessians up to this size are materialized and factored; larger ones use CG.
+DENSE_MAX = 1024
+
+_ITERATIVE = (lx.CG, lx.NormalCG, lx.GMRES, lx.BiCGStab)
+
+
+def _zeros_for_none(cot, like):
+    return jax.tree.map(
+        lambda c, x: jnp.zeros_like(x) if c is None else c,
+        cot,
+        like,
+        is_leaf=lambda v: v is None,
+    )
+
+
+def tangent_cotangent(x_star, unravel, n, cot_x):
+    """Pull an ambient cotangent of the solution back to the flat tangent at ``x*``."""
+    dtype = jnp.result_type(*[a for a in jax.tree.leaves(x_star)])
+    d0 = jnp.zeros(n, dtype)
+    _, pull = jax.vjp(lambda d: retract(x_star, unravel(d)), d0)
+    cot_x = _zeros_for_none(cot_x, x_star)
+    return pull(cot_x)[0]
+
+
+def solve_symmetric(matvec, materialize, rhs, linear_solver, damping: float):
+    """Solve ``(H + μI) u = rhs`` for a symmetric ``H`` given by ``matvec`` / ``materialize``.
+
+    ``linear_solver=None`` picks a dense factorization (Cholesky with pseudo-inverse fallback)
+    up to ``DENSE_MAX`` unknowns and lineax CG beyond; any lineax solver may be given.
+    """
+    n = rhs.shape[0]
+    if linear_solver is None:
+        if n <= DENSE_MAX:
+            H = materialize()
+            return psd_solve(H + damping * jnp.eye(n, dtype=H.dtype), rhs)[0]
+        linear_solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * n)
+    if isinstance(linear_solver, _ITERATIVE):
+        struct = jax.ShapeDtypeStruct((n,), rhs.dtype)
+        tags = lx.positive_semidefinite_tag if isinstance(linear_solver, lx.CG) else ()
+        op = lx.FunctionLinearOperator(lambda v: matvec(v) + damping * v, struct, tags)
+    else:
+        H = materialize()
+        tags = lx.positive_semidefinite_tag if isinstance(linear_solver, lx.Cholesky) else ()
+        op = lx.MatrixLinearOperator(H + damping * jnp.eye(n, dtype=H.dtype), tags)
+    return lx.linear_solve(op, rhs, linear_solver, throw=False).value
+
+
+def tangent_gradient(flat, x_star, inputs, n):
+    """``g(θ) = ∇_δ ½‖r(x* ⊕ δ, θ)‖²`` at ``δ = 0`` as a function of ``inputs``."""
+    dtype = jnp.result_type(*[a for a in jax.tree.leaves(x_star)])
+    d0 = jnp.zeros(n, dtype)
+
+    def g(inp):
+        return jax.grad(lambda d: 0.5 * jnp.sum(jnp.square(flat(x_star, inp, d))))(d0)
+
+    return g
+
+
+def hessian_ops(flat, x_star, inputs, n, hessian: str):
+    """``(matvec, materialize)`` for the exact Hessian or its Gauss-Newton approximation."""
+    dtype = jnp.result_type(*[a for a in jax.tree.leaves(x_star)])
+    d0 = jnp.zeros(n, dtype)
+    if hessian == "exact":
+        grad_fn = jax.grad(lambda d: 0.5 * jnp.sum(jnp.square(flat(x_star, inputs, d))))
+
+        def matvec(v):
+            return jax.jvp(grad_fn, (d0,), (v,))[1]
+
+        def materialize():
+            return jax.jacfwd(grad_fn)(d0)
+
+    else:
+        f = lambda d: flat(x_star, inputs, d)  # noqa: E731
+
+        def matvec(v):
+            Jv = jax.jvp(f, (d0,), (v,))[1]
+            return jax.vjp(f, d0)[1](Jv)[0]
+
+        def materialize():
+            J = jax.jacfwd(f)(d0)
+            return J.T @ J
+
+    return matvec, materialize
+
+
+@eqx.filter_custom_vjp
+def implicit_solution(inputs, x_star, flat, n, hessian, damping, linear_solver):
+    """Identity on ``x_star`` whose VJP w.r.t. ``inputs`` is the implicit-function rule."""
+    del inputs, flat, n, hessian, damping, linear_solver
+    return x_star
+
+
+@implicit_solution.def_fwd
+def _implicit_fwd(perturbed, inputs, x_star, flat, n, hessian, damping, linear_solver):
+    del perturbed, inputs, flat, n, hessian, damping, linear_solver
+    return x_star, None
+
+
+@implicit_solution.def_bwd
+def _implicit_bwd(
+    residuals, cot_x, perturbed, inputs, x_star, flat, n, hessian, damping, linear_solver
+):
+    del residuals, perturbed
+    dbar = tangent_cotangent(x_star, flat.unravel, n, cot_x)
+    matvec, materialize = hessian_ops(flat, x_star, inputs, n, hessian)
+    u = solve_symmetric(matvec, materialize, dbar, linear_solver, damping)
+    dtype = dbar.dtype
+    d0 = jnp.zeros(n, dtype)
+    if hessian == "exact":
+        g = tangent_gradient(flat, x_star, inputs, n)
+        _, vjp = eqx.filter_vjp(g, inputs)
+        return vjp(-u)[0]
+    # Gauss-Newton mixed term: ∂g/∂θ ≈ Jᵀ ∂r/∂θ, so θ̄ = -(∂r/∂θ)ᵀ J u.
+    Ju = jax.jvp(lambda d: flat(x_star, inputs, d), (d0,), (u,))[1]
+    _, vjp = eqx.filter_vjp(lambda inp: flat(x_star, inp, d0), inputs)
+    return vjp(-Ju)[0]
+
+
+def _perturbed_solution(flat, x_star, inputs, n, v, eps_signed, iterations, damping):
+    """Minimize ``½‖r(x* ⊕ δ)‖² + ε⟨v, δ⟩`` over ``δ`` by Gauss-Newton from ``δ = 0``."""
+    dtype = v.dtype
+    f = lambda d: flat(x_star, inputs, d)  # noqa: E731
+
+    def body(d, _):
+        r, pull = jax.vjp(f, d)
+        J = jax.jacfwd(f)(d) if n <= DENSE_MAX else None
+        g = pull(r)[0] + eps_signed * v
+        if J is not None:
+            H = J.T @ J + damping * jnp.eye(n, dtype=dtype)
+            step = psd_solve(H, -g)[0]
+        else:
+            struct = jax.ShapeDtypeStruct((n,), dtype)
+
+            def mv(w):
+                Jw = jax.jvp(f, (d,), (w,))[1]
+                return pull(Jw)[0] + damping * w
+
+            op = lx.FunctionLinearOperator(mv, struct, lx.positive_semidefinite_tag)
+            step = lx.linear_solve(op, -g, lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * n),
+                                   throw=False).value
+        return d + step, None
+
+    d, _ = jax.lax.scan(body, jnp.zeros(n, dtype), None, length=iterations)
+    return d
+
+
+@eqx.filter_custom_vjp
+def direct_loss_solution(inputs, x_star, flat, n, eps, iterations, damping):
+    """Identity on ``x_star`` whose VJP is the (central) direct-loss-minimization estimate."""
+    del inputs, flat, n, eps, iterations, damping
+    return x_star
+
+
+@direct_loss_solution.def_fwd
+def _dl_fwd(perturbed, inputs, x_star, flat, n, eps, iterations, damping):
+    del perturbed, inputs, flat, n, eps, iterations, damping
+    return x_star, None
+
+
+@direct_loss_solution.def_bwd
+def _dl_bwd(residuals, cot_x, perturbed, inputs, x_star, flat, n, eps, iterations, damping):
+    del residuals, perturbed
+    dbar = tangent_cotangent(x_star, flat.unravel, n, cot_x)
+    vnorm = jnp.sqrt(jnp.sum(dbar * dbar))
+    v = jnp.where(vnorm > 0, dbar / jnp.where(vnorm > 0, vnorm, 1.0), 0.0)
+
+    def phi(inp, d):
+        return 0.5 * jnp.sum(jnp.square(flat(x_star, inp, d)))
+
+    d_plus = _perturbed_solution(flat, x_star, inputs, n, v, eps, iterations, damping)
+    d_minus = _perturbed_solution(flat, x_star, inputs, n, v, -eps, iterations, damping)
+    d_plus = jax.lax.stop_gradient(d_plus)
+    d_minus = jax.lax.stop_gradient(d_minus)
+    grad_inputs = eqx.filter_grad(lambda inp: (phi(inp, d_plus) - phi(inp, d_minus)))(inputs)
+    scale = vnorm / (2 * eps)
+    return jax.tree.map(lambda a: None if a is None else scale * a, grad_inputs,
+                        is_leaf=lambda a: a is None)
+
+

@@ -1,0 +1,103 @@
+"""Residual and Jacobian of a user residual in the tangent chart at the current iterate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from .linear import DenseLinearization, MatrixFreeLinearization
+from .manifold import ambient_arrays, retract, tangent_zeros
+
+
+def ravel_residual(out: Any) -> jax.Array:
+    """Flatten a residual pytree to one vector (no copy for a single array)."""
+    leaves = jax.tree.leaves(out)
+    if len(leaves) == 1:
+        return jnp.reshape(leaves[0], (-1,))
+    return jnp.concatenate([jnp.reshape(a, (-1,)) for a in leaves])
+
+
+class _FlatResidual(eqx.Module):
+    """``(x, inputs, δ) ↦ r(x ⊕ δ, inputs)`` flattened; one object per problem (hashable)."""
+
+    fn: Callable = eqx.field(static=True)
+    unravel: Callable = eqx.field(static=True)
+
+    def __call__(self, x, inputs, delta_flat):
+        return ravel_residual(self.fn(retract(x, self.unravel(delta_flat)), inputs))
+
+
+class _CombineStatic(eqx.Module):
+    """``(x, dynamic inputs, δ) ↦ flat(x, combine(dynamic, static), δ)``; all fields static so
+    a matrix-free linearization carries only arrays through the loop."""
+
+    flat: _FlatResidual = eqx.field(static=True)
+    static: Any = eqx.field(static=True)
+
+    def __call__(self, x, inputs_dyn, delta_flat):
+        return self.flat(x, eqx.combine(inputs_dyn, self.static), delta_flat)
+
+
+class DenseProblem(eqx.Module):
+    """A least-squares problem ``½‖r(x, inputs)‖²`` seen by the loop through flat tangents.
+
+    ``fn(x, inputs)`` returns the residual pytree (aux already stripped). ``matrix`` picks
+    a materialized Jacobian (forward or reverse mode) or a matrix-free linearization.
+    """
+
+    fn: Callable = eqx.field(static=True)
+    inputs: Any
+    unravel: Callable = eqx.field(static=True)
+    flat: _FlatResidual
+    flat_split: _CombineStatic
+    n: int = eqx.field(static=True)
+    m: int = eqx.field(static=True)
+    matrix: bool = eqx.field(static=True)
+    jac: str = eqx.field(static=True)
+
+    def residual(self, x) -> jax.Array:
+        return ravel_residual(self.fn(x, self.inputs))
+
+    def retract(self, x, delta_flat):
+        return retract(x, self.unravel(delta_flat))
+
+    def x_norm(self, x):
+        leaves = ambient_arrays(x)
+        return jnp.sqrt(sum(jnp.sum(jnp.square(a)) for a in leaves))
+
+    def linearize(self, x):
+        dtype = jnp.result_type(*[a for a in ambient_arrays(x)])
+        d0 = jnp.zeros(self.n, dtype)
+
+        def f(d):
+            return self.flat(x, self.inputs, d)
+
+        if not self.matrix:
+            dyn, _ = eqx.partition(self.inputs, eqx.is_array)
+            return MatrixFreeLinearization(f(d0), x, dyn, self.flat_split, self.n)
+        mode = self.jac
+        if mode == "auto":
+            mode = "fwd" if self.n <= self.m else "rev"
+        if mode == "fwd":
+            eye = jnp.eye(self.n, dtype=dtype)
+            r, J = jax.vmap(lambda v: jax.jvp(f, (d0,), (v,)), out_axes=(None, 1))(eye)
+        else:
+            r, pullback = jax.vjp(f, d0)
+            J = jax.vmap(lambda u: pullback(u)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
+        return DenseLinearization(r, J)
+
+
+def make_dense_problem(fn, x0, inputs, *, matrix: bool, jac: str = "auto") -> DenseProblem:
+    """Build the problem at trace time; ``n`` and ``m`` are read off the shapes."""
+    _, unravel = ravel_pytree(tangent_zeros(x0))
+    n = sum(int(jnp.size(a)) for a in jax.tree.leaves(tangent_zeros(x0)))
+    out = jax.eval_shape(lambda: ravel_residual(fn(x0, inputs)))
+    flat = _FlatResidual(fn, unravel)
+    _, static = eqx.partition(inputs, eqx.is_array)
+    split = _CombineStatic(flat, static)
+    return DenseProblem(fn, inputs, unravel, flat, split, n, int(out.shape[0]), matrix, jac)
