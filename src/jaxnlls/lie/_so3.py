@@ -1,0 +1,265 @@
+"""SO(3): 3-D rotations stored as a unit quaternion ``(w, x, y, z)`` (Hamilton convention)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._base import (
+    AbstractLieGroup,
+    bcast_params,
+    check_matrix,
+    check_points,
+    check_tangent,
+    resolve_dtype,
+)
+from ._utils import (
+    as_float,
+    eye_like,
+    hat3,
+    jr_inv_coeff,
+    normalize_last,
+    one_minus_cos_over_sq,
+    quat_conj,
+    quat_from_matrix_projected,
+    quat_mul,
+    quat_retract_jac,
+    quat_rotate,
+    quat_to_matrix,
+    small_threshold,
+    sum_sq,
+    taylor_switch,
+    theta_minus_sin_over_cube,
+)
+
+
+def quat_exp(omega: Array) -> Array:
+    """Unit quaternion ``(cos(θ/2), sin(θ/2) ω/θ)`` with ``w >= 0`` (sign flipped for ``θ > π``)."""
+    t2 = sum_sq(omega)
+    # cos(θ/2) and sin(θ/2)/θ as functions of θ² (finite gradients at 0).
+    w = taylor_switch(
+        t2, lambda s: jnp.cos(0.5 * jnp.sqrt(s)), (1.0, -1 / 8, 1 / 384, -1 / 46080), order=2
+    )
+    k = taylor_switch(
+        t2,
+        lambda s: jnp.sin(0.5 * jnp.sqrt(s)) / jnp.sqrt(s),
+        (0.5, -1 / 48, 1 / 3840, -1 / 645120),
+        order=2,
+    )
+    q = jnp.concatenate([w[..., None], k[..., None] * omega], axis=-1)
+    return jnp.where(w[..., None] < 0, -q, q)
+
+
+def quat_log(q: Array) -> Array:
+    """Rotation vector of a (not necessarily unit) quaternion, angle in ``[0, π]``.
+
+    ``q`` and ``-q`` give the same result except at exactly ``π`` (``w = 0``), where the sign of
+    ``(x, y, z)`` is kept. The gradient is finite everywhere except at ``q = 0``.
+    """
+    q = jnp.where(q[..., :1] < 0, -q, q)
+    w = q[..., 0]
+    v = q[..., 1:]
+    n2 = sum_sq(v)
+    w2 = w * w
+    # factor = 2 atan2(n, w) / n; near n = 0 (w ≈ 1): 2/w · (1 - x²/3 + x⁴/5 - x⁶/7), x = n/w.
+    thr = small_threshold(q.dtype, order=4, n_terms=4)
+    small = n2 < thr * w2
+    n2_safe = jnp.where(small, jnp.ones_like(n2), n2)
+    w_safe = jnp.where(small, w, jnp.ones_like(w))  # w > 0 wherever small
+    x2 = n2 / (w_safe * w_safe)
+    series = (2.0 / w_safe) * (1.0 + x2 * (-1 / 3 + x2 * (1 / 5 + x2 * (-1 / 7))))
+    n_safe = jnp.sqrt(n2_safe)
+    exact = 2.0 * jnp.arctan2(n_safe, w) / n_safe
+    factor = jnp.where(small, series, exact)
+    return factor[..., None] * v
+
+
+def so3_jac_right(omega: Array) -> Array:
+    """``J_r(ω) = I - (1 - cos θ)/θ² ω̂ + (θ - sin θ)/θ³ ω̂²``."""
+    t2 = sum_sq(omega)
+    b = one_minus_cos_over_sq(t2)[..., None, None]
+    c = theta_minus_sin_over_cube(t2)[..., None, None]
+    wh = hat3(omega)
+    return eye_like(omega, 3) - b * wh + c * (wh @ wh)
+
+
+def so3_jac_right_inv(omega: Array) -> Array:
+    """``J_r⁻¹(ω) = I + ½ ω̂ + (1/θ² - (1 + cos θ)/(2 θ sin θ)) ω̂²`` (finite up to ``θ < 2π``)."""
+    t2 = sum_sq(omega)
+    d = jr_inv_coeff(t2)[..., None, None]
+    wh = hat3(omega)
+    return eye_like(omega, 3) + 0.5 * wh + d * (wh @ wh)
+
+
+def _rpy_to_quat(roll: Array, pitch: Array, yaw: Array) -> Array:
+    cr, sr = jnp.cos(0.5 * roll), jnp.sin(0.5 * roll)
+    cp, sp = jnp.cos(0.5 * pitch), jnp.sin(0.5 * pitch)
+    cy, sy = jnp.cos(0.5 * yaw), jnp.sin(0.5 * yaw)
+    # q = q_z(yaw) ⊗ q_y(pitch) ⊗ q_x(roll)
+    return jnp.stack(
+        [
+            cy * cp * cr + sy * sp * sr,
+            cy * cp * sr - sy * sp * cr,
+            cy * sp * cr + sy * cp * sr,
+            sy * cp * cr - cy * sp * sr,
+        ],
+        axis=-1,
+    )
+
+
+class SO3(AbstractLieGroup):
+    """3-D rotation as a unit quaternion ``params = (w, x, y, z)``; tangent = rotation vector.
+
+    ``SO3(params)`` trusts its input; ``from_quaternion_xyzw/wxyz``, ``from_matrix`` and
+    ``from_rpy`` normalize. ``exp`` returns ``w >= 0``; products and inverses do not
+    canonicalize the sign (``q`` and ``-q`` are the same rotation, ``log`` handles both).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxnlls.lie import SO3
+        >>> R = SO3.from_rpy(0.1, 0.2, 0.3)
+        >>> R.log(), R.as_matrix(), R @ jnp.ones(3)
+    """
+
+    params: Float[Array, "*batch 4"]
+
+    tangent_dim: ClassVar[int] = 3
+    params_dim: ClassVar[int] = 4
+    space_dim: ClassVar[int] = 3
+    matrix_dim: ClassVar[int] = 3
+    params_layout: ClassVar[str] = "(w, x, y, z)"
+    identity_params: ClassVar[tuple[float, ...]] = (1.0, 0.0, 0.0, 0.0)
+
+    # ---- constructors / converters ----
+
+    @classmethod
+    def from_quaternion_wxyz(cls, q: Float[Array, "*batch 4"]) -> SO3:
+        """From a (possibly non-unit) quaternion in ``(w, x, y, z)`` order; normalized."""
+        q = as_float(q)
+        if q.ndim == 0 or q.shape[-1] != 4:
+            raise ValueError(f"SO3 quaternion must have shape (..., 4); got {tuple(q.shape)}")
+        return cls(normalize_last(q))
+
+    @classmethod
+    def from_quaternion_xyzw(cls, q: Float[Array, "*batch 4"]) -> SO3:
+        """From a (possibly non-unit) quaternion in ROS/SciPy ``(x, y, z, w)`` order; normalized."""
+        q = as_float(q)
+        if q.ndim == 0 or q.shape[-1] != 4:
+            raise ValueError(f"SO3 quaternion must have shape (..., 4); got {tuple(q.shape)}")
+        return cls.from_quaternion_wxyz(jnp.concatenate([q[..., 3:], q[..., :3]], axis=-1))
+
+    def as_quaternion_wxyz(self) -> Float[Array, "*batch 4"]:
+        return self.params
+
+    def as_quaternion_xyzw(self) -> Float[Array, "*batch 4"]:
+        """Quaternion in ROS/SciPy ``(x, y, z, w)`` order."""
+        return jnp.concatenate([self.params[..., 1:], self.params[..., :1]], axis=-1)
+
+    @classmethod
+    def from_rotation_vector(cls, rotvec: Float[Array, "*batch 3"]) -> SO3:
+        """Same as :meth:`exp` (axis × angle, radians)."""
+        return cls.exp(rotvec)
+
+    def as_rotation_vector(self) -> Float[Array, "*batch 3"]:
+        return self.log()
+
+    @classmethod
+    def from_rpy(cls, roll, pitch, yaw) -> SO3:
+        """``R = Rz(yaw) · Ry(pitch) · Rx(roll)``: intrinsic Z-Y'-X'' = extrinsic X-Y-Z (radians).
+
+        This is the ROS / aerospace roll-pitch-yaw convention (SciPy ``from_euler("xyz", ...)``).
+        """
+        roll, pitch, yaw = jnp.broadcast_arrays(as_float(roll), as_float(pitch), as_float(yaw))
+        return cls(_rpy_to_quat(roll, pitch, yaw))
+
+    def as_rpy(self) -> tuple[Array, Array, Array]:
+        """``(roll, pitch, yaw)`` with ``R = Rz(yaw) Ry(pitch) Rx(roll)``; pitch in ``[-π/2, π/2]``.
+
+        At gimbal lock (``|pitch| = π/2``) roll and yaw are not unique; the gradient is not finite
+        there.
+        """
+        w, x, y, z = (self.params[..., i] for i in range(4))
+        roll = jnp.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
+        pitch = jnp.arcsin(jnp.clip(2 * (w * y - z * x), -1.0, 1.0))
+        yaw = jnp.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        return roll, pitch, yaw
+
+    @classmethod
+    def from_x_radians(cls, theta) -> SO3:
+        theta = as_float(theta)
+        z = jnp.zeros_like(theta)
+        return cls.exp(jnp.stack([theta, z, z], -1))
+
+    @classmethod
+    def from_y_radians(cls, theta) -> SO3:
+        theta = as_float(theta)
+        z = jnp.zeros_like(theta)
+        return cls.exp(jnp.stack([z, theta, z], -1))
+
+    @classmethod
+    def from_z_radians(cls, theta) -> SO3:
+        theta = as_float(theta)
+        z = jnp.zeros_like(theta)
+        return cls.exp(jnp.stack([z, z, theta], -1))
+
+    # ---- group operations ----
+
+    @classmethod
+    def exp(cls, tangent: Float[Array, "*batch 3"]) -> SO3:
+        return cls(quat_exp(check_tangent(cls, tangent)))
+
+    def log(self) -> Float[Array, "*batch 3"]:
+        return quat_log(self.params)
+
+    def compose(self, other: SO3) -> SO3:
+        a, b = bcast_params(self.params, other.params)
+        return SO3(quat_mul(a, b))
+
+    def inverse(self) -> SO3:
+        return SO3(quat_conj(self.params))
+
+    def act(self, points: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3"]:
+        points = check_points(self, points)
+        q, p = bcast_params(self.params, points)
+        return quat_rotate(q, p)
+
+    def adjoint(self) -> Float[Array, "*batch 3 3"]:
+        return self.as_matrix()
+
+    def as_matrix(self) -> Float[Array, "*batch 3 3"]:
+        return quat_to_matrix(self.params)
+
+    @classmethod
+    def from_matrix(cls, matrix: Float[Array, "*batch 3 3"]) -> SO3:
+        """Nearest rotation to ``matrix`` in Frobenius norm (same as the SVD projection)."""
+        return cls(quat_from_matrix_projected(check_matrix(cls, matrix, 3)))
+
+    def normalize(self) -> SO3:
+        return SO3(normalize_last(self.params))
+
+    # ---- Jacobians ----
+
+    @classmethod
+    def jac_right(cls, tangent: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3 3"]:
+        return so3_jac_right(check_tangent(cls, tangent))
+
+    @classmethod
+    def jac_right_inv(cls, tangent: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3 3"]:
+        return so3_jac_right_inv(check_tangent(cls, tangent))
+
+    def retract_jac(self) -> Float[Array, "*batch 4 3"]:
+        return quat_retract_jac(self.params)
+
+    @classmethod
+    def sample_uniform(cls, key: Array, batch_shape: Sequence[int] = (), dtype: Any = None) -> SO3:
+        """Haar-uniform rotations (normalized Gaussian 4-vectors), ``w >= 0``."""
+        dtype = resolve_dtype(dtype)
+        q = jax.random.normal(key, tuple(batch_shape) + (4,), dtype)
+        q = normalize_last(q)
+        return cls(jnp.where(q[..., :1] < 0, -q, q))
+
+
