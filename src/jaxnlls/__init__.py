@@ -4,7 +4,7 @@
 leaves may be Lie-group elements, and differentiates through the solution.
 """
 
-from . import linear as linear, manifold as manifold
+from . import batching as batching, linear as linear, manifold as manifold, testing as testing
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     DirectLossAdjoint as DirectLossAdjoint,
