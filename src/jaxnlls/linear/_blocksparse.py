@@ -1,0 +1,269 @@
+"""Block-sparse Jacobians of factor graphs.
+
+A factor graph's Jacobian is a stack of *groups* (one per factor type). Group ``g`` has
+``n_g`` factors, each with a dense ``(r_g, c_g)`` block whose columns are the tangent
+coordinates of the variables the factor touches. The column indices of every block are
+computed once on the host (:class:`BlockLayout`) and reused by every linearization.
+
+Rows are ordered group by group, factor by factor; columns are ordered variable type by
+type (types sorted by name), variable by variable (sorted by id), tangent coordinate by
+coordinate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._linearization import AbstractLinearization
+
+
+class BlockLayout:
+    """Host-side, hashable sparsity pattern of a block-sparse Jacobian (static metadata).
+
+    Args:
+        var_blocks: per variable type ``(offset, count, dim)``: its columns are
+            ``offset + i·dim + [0, dim)`` for the ``i``-th variable of the type.
+        slots: per group, per variable slot ``(type_index, var_index)`` where ``var_index`` is
+            an ``(n_g,)`` int array of positions within that type.
+        names: per group, a display name (errors and reports).
+
+    Derived (computed once, cached on this object, never traced): column indices ``cols[g]``
+    ``(n_g, c_g)``, the ``JᵀJ`` sparsity pattern (:meth:`gram_pattern`) and Schur pair lists.
+    Equality is structural (a digest of all index arrays), so two graphs with the same
+    structure share compiled code.
+    """
+
+    def __init__(
+        self,
+        var_blocks: tuple[tuple[int, int, int], ...],
+        slots: tuple[tuple[tuple[int, np.ndarray], ...], ...],
+        names: tuple[str, ...],
+        type_names: tuple[str, ...] | list[str] = (),
+    ):
+        self.var_blocks = tuple(tuple(int(a) for a in vb) for vb in var_blocks)
+        self.slots = tuple(
+            tuple((int(t), np.ascontiguousarray(idx, dtype=np.int64)) for t, idx in group)
+            for group in slots
+        )
+        self.names = tuple(names)
+        self.type_names = tuple(type_names)
+        self.n_cols = sum(n * d for _, n, d in self.var_blocks)
+        cols = []
+        for group in self.slots:
+            parts = []
+            for t, idx in group:
+                off, _, d = self.var_blocks[t]
+                parts.append(off + idx[:, None] * d + np.arange(d)[None, :])
+            cols.append(np.concatenate(parts, axis=1).astype(np.int32))
+        self.cols = tuple(cols)
+        for c in self.cols:
+            c.setflags(write=False)
+        h = hashlib.sha1()
+        h.update(repr((self.var_blocks, self.names, self.type_names)).encode())
+        for group in self.slots:
+            for t, idx in group:
+                h.update(str(t).encode())
+                h.update(idx.tobytes())
+        self._digest = h.hexdigest()
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.slots)
+
+    def group_sizes(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.cols)
+
+    def __hash__(self) -> int:
+        return hash(self._digest)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BlockLayout) and self._digest == other._digest
+
+    def __repr__(self) -> str:
+        return f"BlockLayout(n_cols={self.n_cols}, groups={dict(zip(self.names, self.group_sizes()))})"
+
+    # ----------------------------------------------------------------- host-side patterns
+    def gram_pattern(self):
+        """Sparsity pattern of the upper triangle of ``JᵀJ`` in CSC form (cached).
+
+        Returns ``(indptr, indices, scatter, diag_pos, nnz)``: ``scatter[g]`` is an
+        ``(n_g, c_g, c_g)`` int array mapping every entry of every per-factor ``JᵢᵀJᵢ`` block
+        to its slot among the ``nnz`` stored entries (``nnz`` for entries below the diagonal,
+        which are dropped); ``diag_pos`` locates the diagonal (always stored: damping lives
+        there).
+        """
+        if "gram" in self._cache:
+            return self._cache["gram"]
+        n = self.n_cols
+        rows_all, cols_all = [np.arange(n)], [np.arange(n)]
+        for c in self.cols:
+            r = np.broadcast_to(c[:, :, None], c.shape + (c.shape[1],)).reshape(-1)
+            k = np.broadcast_to(c[:, None, :], c.shape + (c.shape[1],)).reshape(-1)
+            rows_all.append(r)
+            cols_all.append(k)
+        rows = np.concatenate(rows_all).astype(np.int64)
+        colz = np.concatenate(cols_all).astype(np.int64)
+        upper = rows <= colz
+        key = colz * n + rows  # CSC order: by column, then row
+        ukeys = np.unique(key[upper])
+        nnz = len(ukeys)
+        indices = (ukeys % n).astype(np.int32)
+        colsof = ukeys // n
+        indptr = np.zeros(n + 1, np.int64)
+        np.add.at(indptr, colsof + 1, 1)
+        indptr = np.cumsum(indptr).astype(np.int32)
+        scatter = []
+        for c in self.cols:
+            r = c[:, :, None].astype(np.int64)
+            k = c[:, None, :].astype(np.int64)
+            kk = np.where(r <= k, k * n + r, -1)
+            pos = np.searchsorted(ukeys, np.where(kk >= 0, kk, ukeys[0]))
+            pos = np.where(kk >= 0, pos, nnz).astype(np.int32)
+            scatter.append(pos)
+        diag_pos = np.searchsorted(ukeys, np.arange(n, dtype=np.int64) * n + np.arange(n))
+        out = (indptr, indices, tuple(scatter), diag_pos.astype(np.int32), nnz)
+        self._cache["gram"] = out
+        return out
+
+
+class BlockSparseJacobian(eqx.Module):
+    """``J`` as dense per-factor blocks plus host-side column indices.
+
+    Attributes:
+        blocks: per group an ``(n_g, r_g, c_g)`` array (traced).
+        layout: the static :class:`BlockLayout` (column indices, variable blocks).
+    """
+
+    blocks: tuple[Float[Array, "n r c"], ...]
+    layout: BlockLayout = eqx.field(static=True)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        m = sum(b.shape[0] * b.shape[1] for b in self.blocks)
+        return (m, self.layout.n_cols)
+
+    @property
+    def dtype(self):
+        return self.blocks[0].dtype
+
+    def _split_rows(self, u):
+        out, start = [], 0
+        for b in self.blocks:
+            size = b.shape[0] * b.shape[1]
+            out.append(u[start : start + size].reshape(b.shape[0], b.shape[1]))
+            start += size
+        return out
+
+    def mv(self, v: Float[Array, " n"]) -> Float[Array, " m"]:
+        """``J v``."""
+        outs = [
+            jnp.einsum("nrc,nc->nr", b, v[c]).reshape(-1)
+            for b, c in zip(self.blocks, self.layout.cols)
+        ]
+        return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def rmv(self, u: Float[Array, " m"]) -> Float[Array, " n"]:
+        """``Jᵀ u`` (scatter-add of the per-factor products)."""
+        out = jnp.zeros(self.layout.n_cols, jnp.result_type(u, self.dtype))
+        for b, c, ug in zip(self.blocks, self.layout.cols, self._split_rows(u)):
+            out = out.at[c.reshape(-1)].add(jnp.einsum("nrc,nr->nc", b, ug).reshape(-1))
+        return out
+
+    def gram_diag(self) -> Float[Array, " n"]:
+        """``diag(JᵀJ)``."""
+        out = jnp.zeros(self.layout.n_cols, self.dtype)
+        for b, c in zip(self.blocks, self.layout.cols):
+            out = out.at[c.reshape(-1)].add(jnp.sum(b * b, axis=1).reshape(-1))
+        return out
+
+    def gram_block_diag(self) -> tuple[Float[Array, "n_t d d"], ...]:
+        """Diagonal blocks of ``JᵀJ``, one ``(count, dim, dim)`` array per variable type."""
+        outs = [jnp.zeros((n, d, d), self.dtype) for _, n, d in self.layout.var_blocks]
+        for b, slots in zip(self.blocks, self.layout.slots):
+            start = 0
+            for t, idx in slots:
+                d = self.layout.var_blocks[t][2]
+                bk = b[:, :, start : start + d]
+                outs[t] = outs[t].at[idx].add(jnp.einsum("nri,nrj->nij", bk, bk))
+                start += d
+        return tuple(outs)
+
+    def gram_csc_data(self, damping: Float[Array, " n"] | None = None) -> Float[Array, " nnz"]:
+        """Values of the upper triangle of ``JᵀJ + diag(damping)`` in the layout's CSC pattern."""
+        _, _, scatter, diag_pos, nnz = self.layout.gram_pattern()
+        data = jnp.zeros(nnz + 1, self.dtype)
+        for b, s in zip(self.blocks, scatter):
+            data = data.at[s.reshape(-1)].add(jnp.einsum("nri,nrj->nij", b, b).reshape(-1))
+        if damping is not None:
+            data = data.at[diag_pos].add(damping)
+        return data[:nnz]
+
+    def to_dense(self) -> Float[Array, "m n"]:
+        """Dense ``J`` (tests and small problems)."""
+        m, n = self.shape
+        out = jnp.zeros((m, n), self.dtype)
+        row = 0
+        for b, c in zip(self.blocks, self.layout.cols):
+            ng, rg, cg = b.shape
+            rows = row + np.arange(ng * rg).reshape(ng, rg)
+            out = out.at[rows[:, :, None], c[:, None, :]].add(b)
+            row += ng * rg
+        return out
+
+    def to_bcoo(self):
+        """``J`` as a :class:`jax.experimental.sparse.BCOO` matrix (duplicates summed on use)."""
+        from jax.experimental import sparse
+
+        m, n = self.shape
+        rows_l, cols_l, data_l, row = [], [], [], 0
+        for b, c in zip(self.blocks, self.layout.cols):
+            ng, rg, cg = b.shape
+            rows = row + np.arange(ng * rg).reshape(ng, rg)
+            rows_l.append(np.broadcast_to(rows[:, :, None], (ng, rg, cg)).reshape(-1))
+            cols_l.append(np.broadcast_to(c[:, None, :], (ng, rg, cg)).reshape(-1))
+            data_l.append(b.reshape(-1))
+            row += ng * rg
+        idx = np.stack([np.concatenate(rows_l), np.concatenate(cols_l)], axis=1)
+        return sparse.BCOO((jnp.concatenate(data_l), jnp.asarray(idx)), shape=(m, n))
+
+
+class BlockSparseLinearization(AbstractLinearization):
+    """Residual plus :class:`BlockSparseJacobian`: what the step solvers see for a graph."""
+
+    residual: Float[Array, " m"]
+    jac: BlockSparseJacobian
+
+    def mv(self, v):
+        return self.jac.mv(v)
+
+    def rmv(self, u):
+        return self.jac.rmv(u)
+
+    def gram_diag(self):
+        return self.jac.gram_diag()
+
+    def as_matrix(self):
+        return self.jac.to_dense()
+
+    @property
+    def tangent_size(self) -> int:
+        return self.jac.layout.n_cols
+
+
+def block_layout_of(lin: Any) -> BlockLayout:
+    """The layout of a block-sparse linearization (raises a clear error otherwise)."""
+    if not isinstance(lin, BlockSparseLinearization):
+        raise TypeError(
+            f"this step solver needs a factor-graph (block-sparse) linearization, got "
+            f"{type(lin).__name__}"
+        )
+    return lin.jac.layout
+
