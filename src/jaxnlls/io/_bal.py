@@ -10,7 +10,7 @@ import numpy as np
 
 from ._errors import FormatError
 
-__all__ = ["BALProblem", "read_bal", "rodrigues_rotate"]
+__all__ = ["BALProblem", "read_bal", "write_bal", "rodrigues_rotate"]
 
 
 def rodrigues_rotate(rotvec: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -202,3 +202,35 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
         observations=obs,
         source=path,
     )
+
+
+def write_bal(
+    path: str | os.PathLike[str],
+    problem: BALProblem,
+    cameras: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+) -> None:
+    """Writes a BAL file (exact round trip of every number).
+
+    Args:
+        path: output file.
+        problem: observations and, unless replaced, cameras and points.
+        cameras: optional ``(C, 9)`` replacement cameras (e.g. optimized ones).
+        points: optional ``(P, 3)`` replacement points.
+    """
+    cams = problem.cameras if cameras is None else np.asarray(cameras, dtype=np.float64)
+    pts = problem.points if points is None else np.asarray(points, dtype=np.float64)
+    if cams.shape != problem.cameras.shape or pts.shape != problem.points.shape:
+        raise ValueError(
+            f"cameras/points must have shapes {problem.cameras.shape}/{problem.points.shape}, "
+            f"got {cams.shape}/{pts.shape}"
+        )
+    out = [f"{problem.n_cameras} {problem.n_points} {problem.n_observations}"]
+    for c, p, (u, v) in zip(
+        problem.camera_index, problem.point_index, problem.observations, strict=True
+    ):
+        out.append(f"{int(c)} {int(p)} {float(u)!r} {float(v)!r}")
+    out.extend(repr(float(x)) for x in cams.reshape(-1))
+    out.extend(repr(float(x)) for x in pts.reshape(-1))
+    with open(os.fspath(path), "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")

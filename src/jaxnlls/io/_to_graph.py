@@ -1,0 +1,108 @@
+"""Turn :class:`PoseGraph` / :class:`BALProblem` into :class:`jaxnlls.graph.FactorGraph` s.
+
+Imported lazily by :mod:`jaxnlls.io` (the readers themselves need only numpy).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..factors import BalCamera, BalPoint, bal_reprojection, between
+from ..graph import FactorGraph, Var, VarValues
+from ..lie import SE2, SE3, SO3
+from ._bal import BALProblem
+from ._pose_graph import PoseGraph, wrap_angle
+
+
+class PoseSE2(Var, group=SE2):
+    """A 2D pose of a pose graph read from a file (id = row of ``PoseGraph.poses``)."""
+
+
+class PoseSE3(Var, group=SE3):
+    """A 3D pose of a pose graph read from a file (id = row of ``PoseGraph.poses``)."""
+
+
+def _dtype(dtype):
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    return jnp.asarray(0.0).dtype  # JAX's default float (float64 under x64)
+
+
+def poses_to_group(poses: np.ndarray, dim: int, dtype=None) -> SE2 | SE3:
+    """File-layout poses ``(N, 3)`` ``(x, y, theta)`` / ``(N, 7)`` ``(t, q_xyzw)`` as a batched
+    :class:`~jaxnlls.lie.SE2` / :class:`~jaxnlls.lie.SE3`."""
+    dt = _dtype(dtype)
+    p = jnp.asarray(np.asarray(poses), dt)
+    if dim == 2:
+        return SE2.from_xy_theta(p[:, 0], p[:, 1], p[:, 2])
+    return SE3.from_rotation_and_translation(SO3.from_quaternion_xyzw(p[:, 3:7]), p[:, 0:3])
+
+
+def group_to_poses(x: SE2 | SE3) -> np.ndarray:
+    """Inverse of :func:`poses_to_group`: a host ``float64`` array in the file layout."""
+    if isinstance(x, SE2):
+        params = np.asarray(x.params, dtype=np.float64)
+        theta = np.arctan2(params[:, 1], params[:, 0])
+        return np.column_stack([params[:, 2], params[:, 3], wrap_angle(theta)])
+    q = np.asarray(x.rotation().as_quaternion_xyzw(), dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    t = np.asarray(x.translation(), dtype=np.float64)
+    return np.column_stack([t, q])
+
+
+def pose_graph_to_factor_graph(
+    graph: PoseGraph, *, dtype=None, gauge="auto"
+) -> tuple[FactorGraph, VarValues, type[Var]]:
+    """Between factors (GTSAM ``BetweenFactor`` convention) for every edge of a pose graph.
+
+    Args:
+        graph: a :class:`PoseGraph` from :func:`read_g2o` / :func:`read_toro`.
+        dtype: float dtype of the values and factor data (default: JAX's default float).
+        gauge: passed to :meth:`FactorGraph.build`; ``"auto"`` holds the first pose fixed
+            (no prior factor, so the cost is exactly the file's between cost).
+
+    Returns:
+        ``(factor_graph, initial_values, Pose)`` where ``Pose`` is :class:`PoseSE2` or
+        :class:`PoseSE3` (ids ``0..N-1``, the rows of ``graph.poses``).
+    """
+    dt = _dtype(dtype)
+    pose_t: type[Var] = PoseSE2 if graph.dim == 2 else PoseSE3
+    z = poses_to_group(graph.measurements, graph.dim, dt)
+    sqrt_info = jnp.asarray(graph.sqrt_information(), dt)
+    factors = [between(pose_t(graph.edges[:, 0]), pose_t(graph.edges[:, 1]), z, sqrt_info)]
+    fg = FactorGraph.build(factors, gauge=gauge)
+    init = VarValues.make(
+        {pose_t(np.arange(graph.n_poses)): poses_to_group(graph.poses, graph.dim, dt)}
+    )
+    return fg, init, pose_t
+
+
+def bal_to_factor_graph(problem: BALProblem, *, dtype=None) -> tuple[FactorGraph, VarValues]:
+    """Reprojection factors (BAL convention, unit weight) for every observation.
+
+    Points behind a camera are not special-cased: their residual counts in the cost like every
+    other (as in ``REFERENCE_COSTS.md``). Cameras are :class:`~jaxnlls.factors.BalCamera`
+    (Euclidean 9-vectors), points :class:`~jaxnlls.factors.BalPoint`; there is no gauge fixing
+    (the solver's damping handles the 7-dof similarity gauge).
+
+    Returns:
+        ``(factor_graph, initial_values)``.
+    """
+    dt = _dtype(dtype)
+    factors = [
+        bal_reprojection(
+            BalCamera(problem.camera_index),
+            BalPoint(problem.point_index),
+            jnp.asarray(problem.observations, dt),
+            jnp.ones((problem.n_observations,), dt),
+        )
+    ]
+    fg = FactorGraph.build(factors, gauge=None)
+    init = VarValues.make(
+        {
+            BalCamera(np.arange(problem.n_cameras)): jnp.asarray(problem.cameras, dt),
+            BalPoint(np.arange(problem.n_points)): jnp.asarray(problem.points, dt),
+        }
+    )
+    return fg, init
