@@ -25,17 +25,19 @@ def _pivot_floor(A):
 def _small_psd_solve(A, b):
     """Unrolled Cholesky ``A = L Lᵀ`` with safe pivots, then two triangular solves.
 
-    A pivot below ``n·eps·max|diag A|`` marks a direction in which ``A`` is (numerically)
-    singular: that component of the solution is set to zero, so the answer stays finite
-    (a basic solution of the consistent part) and ``ok`` is False.
+    A pivot below ``n·eps·A_jj`` marks a direction in which ``A`` is (numerically)
+    singular (relative to its own diagonal, so badly scaled but well-posed systems such as
+    NIST Roszman1's normal equations are solved, not truncated): that component of the
+    solution is set to zero, so the answer stays finite (a basic solution of the consistent
+    part) and ``ok`` is False.
     """
     n = A.shape[-1]
-    floor = _pivot_floor(A)
+    eps_n = n * jnp.finfo(A.dtype).eps
     L = [[None] * n for _ in range(n)]
     good = []
     for j in range(n):
         d = A[j, j] - sum(L[j][k] * L[j][k] for k in range(j))
-        ok_j = d > floor
+        ok_j = d > eps_n * A[j, j]  # relative to its own diagonal, so scale-invariant
         good.append(ok_j)
         ljj = jnp.sqrt(jnp.where(ok_j, d, 1.0))
         inv = jnp.where(ok_j, 1.0 / ljj, 0.0)
