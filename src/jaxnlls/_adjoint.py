@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -42,7 +42,7 @@ class AbstractAdjoint(eqx.Module):
 
     #: Whether ``final_cost`` is differentiated through the value (unrolled modes) or by the
     #: envelope theorem at a fixed ``x*`` (modes that assume a stationary point).
-    envelope: bool = eqx.field(default=True, static=True)
+    envelope: ClassVar[bool] = True
 
 
 def _forward(make_problem, x0, inputs, solver, max_steps, inputs_finite):
@@ -101,7 +101,7 @@ class UnrollAdjoint(AbstractAdjoint):
     """
 
     checkpoint: bool = eqx.field(default=True, static=True)
-    envelope: bool = eqx.field(default=False, static=True)
+    envelope: ClassVar[bool] = False
 
     def apply(self, make_problem, x0, inputs, solver, max_steps, inputs_finite):
         problem = make_problem(inputs)
@@ -146,7 +146,7 @@ class TruncatedAdjoint(AbstractAdjoint):
 
     k: int = eqx.field(default=5, static=True)
     damping: float = 0.0
-    envelope: bool = eqx.field(default=False, static=True)
+    envelope: ClassVar[bool] = False
 
     def __check_init__(self):
         if not isinstance(self.k, int) or self.k < 1:

@@ -1,0 +1,134 @@
+"""Bad input: clear errors naming what and where, or a result code; never a silent NaN."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnlls
+
+
+def _res(x, p):
+    return x - p
+
+
+def test_nonfinite_init_is_reported():
+    x0 = jnp.asarray([1.0, jnp.nan])
+    sol = jaxnlls.solve(_res, x0, jnp.ones(2), throw=False)
+    assert int(sol.result) == jaxnlls.RESULTS.nonfinite_input
+    with pytest.raises(Exception, match="non-finite .* `init` or `params`"):
+        jaxnlls.solve(_res, x0, jnp.ones(2))
+
+
+def test_nonfinite_params_are_reported():
+    sol = jaxnlls.solve(_res, jnp.ones(2), jnp.asarray([jnp.inf, 1.0]), throw=False)
+    assert int(sol.result) == jaxnlls.RESULTS.nonfinite_input
+
+
+def test_nonfinite_residual_is_reported():
+    def residual(x, p):
+        return jnp.log(x - p)  # log of a negative number at the start
+
+    sol = jaxnlls.solve(residual, jnp.zeros(2), jnp.ones(2), throw=False)
+    assert int(sol.result) == jaxnlls.RESULTS.nonfinite_residual
+    with pytest.raises(Exception, match="residual became non-finite"):
+        jaxnlls.solve(residual, jnp.zeros(2), jnp.ones(2))
+
+
+def test_integer_residual_rejected():
+    with pytest.raises(TypeError, match=r"residual_fn returned residual.*dtype int"):
+        jaxnlls.solve(lambda x, p: jnp.round(x).astype(jnp.int32), jnp.zeros(2), None)
+
+
+def test_residual_dtype_mismatch_rejected(x64):
+    if not x64:
+        pytest.skip("needs float64 to build a mismatch")
+    with pytest.raises(TypeError, match="dtype float32 but init has dtype float64"):
+        jaxnlls.solve(lambda x, p: (x - p).astype(jnp.float32), jnp.zeros(2), jnp.ones(2))
+
+
+def test_residual_tuple_leaf_named():
+    def residual(x, p):
+        return (x - p, jnp.arange(2))
+
+    with pytest.raises(TypeError, match=r"residual\[1\]"):
+        jaxnlls.solve(residual, jnp.zeros(2), jnp.ones(2))
+
+
+def test_integer_init_rejected_with_path():
+    with pytest.raises(TypeError, match=r"init\['b'\] has dtype int"):
+        jaxnlls.solve(lambda x, p: x["a"] - x["b"], {"a": jnp.zeros(2), "b": jnp.zeros(2, jnp.int32)},
+                      None)
+
+
+def test_mixed_dtypes_rejected(x64):
+    if not x64:
+        pytest.skip("needs float64 to build a mix")
+    with pytest.raises(TypeError, match="mix floating dtypes"):
+        jaxnlls.solve(lambda x, p: jnp.concatenate([x["a"], x["b"]]),
+                      {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(2, jnp.float64)}, None)
+
+
+def test_mismatched_pytrees_named():
+    def residual(x, p):
+        return x["position"] - p
+
+    with pytest.raises(KeyError, match=r"residual_fn\(init, params\) failed while tracing"):
+        jaxnlls.solve(residual, {"pos": jnp.zeros(2)}, jnp.ones(2))
+
+
+def test_shape_mismatch_inside_residual_named():
+    def residual(x, p):
+        return x - p  # (2,) - (3,)
+
+    with pytest.raises(TypeError, match="structure of `init` and `params`"):
+        jaxnlls.solve(residual, jnp.zeros(2), jnp.ones(3))
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_max_steps_below_one(bad):
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        jaxnlls.solve(_res, jnp.zeros(2), jnp.ones(2), max_steps=bad)
+
+
+def test_max_steps_not_int():
+    with pytest.raises(TypeError, match="max_steps must be a Python int"):
+        jaxnlls.solve(_res, jnp.zeros(2), jnp.ones(2), max_steps=2.5)
+
+
+def test_has_aux_needs_pair():
+    with pytest.raises(TypeError, match="must return a pair"):
+        jaxnlls.solve(_res, jnp.zeros(2), jnp.ones(2), has_aux=True)
+
+
+def test_empty_residual_rejected():
+    with pytest.raises(ValueError, match="empty residual"):
+        jaxnlls.solve(lambda x, p: jnp.zeros((0,), x.dtype), jnp.zeros(2), None)
+
+
+def test_bad_solver_and_adjoint_arguments():
+    with pytest.raises(TypeError, match="solver must be"):
+        jaxnlls.solve(_res, jnp.zeros(2), jnp.ones(2), solver="lm")
+    with pytest.raises(ValueError, match="hessian"):
+        jaxnlls.ImplicitAdjoint(hessian="newton")
+    with pytest.raises(ValueError, match="k >= 1"):
+        jaxnlls.TruncatedAdjoint(0)
+    with pytest.raises(ValueError, match="eps > 0"):
+        jaxnlls.DirectLossAdjoint(eps=0.0)
+
+
+def test_result_messages_cover_every_code():
+    codes = [v for k, v in vars(jaxnlls.RESULTS).items() if not k.startswith("_") and isinstance(v, int)]
+    assert len(jaxnlls.RESULTS.all_messages()) == len(codes)
+    for c in codes:
+        assert jaxnlls.RESULTS.message(c)
+
+
+def test_vmap_reports_per_member():
+    x0 = jnp.zeros((3, 2))
+    p = jnp.asarray([[1.0, 2.0], [jnp.nan, 0.0], [3.0, 4.0]])
+    res = jax.vmap(lambda a, b: jaxnlls.solve(_res, a, b, throw=False).result)(x0, p)
+    np.testing.assert_array_equal(
+        res, [jaxnlls.RESULTS.successful, jaxnlls.RESULTS.nonfinite_input, jaxnlls.RESULTS.successful])

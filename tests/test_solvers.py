@@ -1,0 +1,111 @@
+"""Solver behaviour: convergence, linear solvers, rank deficiency, result codes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from helpers import curve_problem
+
+import jaxnlls
+
+LINEAR_SOLVERS = [jaxnlls.DenseCholesky(), jaxnlls.QR(), jaxnlls.CG(), jaxnlls.CG(jacobi=True)]
+
+
+def _rosenbrock(x, p):
+    return jnp.stack([p[0] * (x[1] - x[0] ** 2), p[1] - x[0]])
+
+
+@pytest.mark.parametrize("linear_solver", LINEAR_SOLVERS, ids=lambda s: repr(s)[:20])
+@pytest.mark.parametrize("solver_cls", [jaxnlls.LevenbergMarquardt, jaxnlls.Dogleg])
+def test_rosenbrock_all_linear_solvers(solver_cls, linear_solver, tol):
+    solver = solver_cls(rtol=1e-12, atol=1e-12, linear_solver=linear_solver)
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    p = jnp.asarray([10.0, 1.0], dtype)
+    sol = jaxnlls.solve(_rosenbrock, jnp.asarray([-1.2, 1.0], dtype), p, solver=solver)
+    np.testing.assert_allclose(sol.value, [1.0, 1.0], rtol=tol.rtol * 100, atol=tol.atol * 100)
+
+
+def test_curve_fit_matches_scipy():
+    problem = curve_problem(0.1, n=40)
+    for solver in [jaxnlls.GaussNewton(rtol=1e-12, atol=1e-12),
+                   jaxnlls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, scaled=True),
+                   jaxnlls.Dogleg(rtol=1e-12, atol=1e-12)]:
+        sol = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params, solver=solver)
+        ref = scipy.optimize.least_squares(
+            lambda t: np.asarray(problem.residual_fn(jnp.asarray(t), problem.params)),
+            np.zeros(2), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        tol = 1e-9 if jax.config.jax_enable_x64 else 1e-3
+        np.testing.assert_allclose(sol.value, ref.x, rtol=tol, atol=tol)
+        assert float(sol.stats.final_cost) == pytest.approx(ref.cost, rel=tol)
+
+
+def test_gauss_newton_quadratic_convergence_on_zero_residual(x64):
+    if not x64:
+        pytest.skip("step counts at float64 precision")
+    problem = curve_problem(0.0)
+    sol = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params,
+                        solver=jaxnlls.GaussNewton(rtol=1e-14, atol=1e-14))
+    assert int(sol.stats.steps) <= 8
+    assert float(sol.stats.final_cost) < 1e-25
+
+
+def test_rank_deficient_lm_returns_finite_and_reports():
+    # r depends on x0 + x1 only: every point on a line is a minimizer
+    def residual(x, p):
+        s = x[0] + x[1]
+        return jnp.stack([s - p[0], 2 * (s - p[0])])
+
+    p = jnp.asarray([1.0])
+    sol = jaxnlls.solve(residual, jnp.zeros(2), p, throw=False)
+    assert np.all(np.isfinite(sol.value))
+    assert float(sol.value[0] + sol.value[1]) == pytest.approx(1.0, abs=1e-5)
+    assert int(sol.result) == jaxnlls.RESULTS.singular
+    assert bool(sol.stats.rank_deficient)
+    with pytest.raises(Exception, match="rank deficient"):
+        jaxnlls.solve(residual, jnp.zeros(2), p)
+
+
+def test_gauss_newton_rank_deficient_stays_finite():
+    def residual(x, p):
+        return jnp.stack([x[0] + x[1] - p[0]])
+
+    sol = jaxnlls.solve(residual, jnp.zeros(2), jnp.asarray([2.0]),
+                        solver=jaxnlls.GaussNewton(), throw=False)
+    assert np.all(np.isfinite(sol.value))
+    assert float(jnp.sum(sol.value)) == pytest.approx(2.0, abs=1e-5)
+    assert int(sol.result) == jaxnlls.RESULTS.singular
+
+
+def test_max_steps_reached_is_reported():
+    problem = curve_problem(0.1)
+    sol = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params, max_steps=2, throw=False)
+    assert int(sol.result) == jaxnlls.RESULTS.max_steps_reached
+    with pytest.raises(Exception, match="max_steps"):
+        jaxnlls.solve(problem.residual_fn, problem.x0, problem.params, max_steps=2)
+
+
+def test_lm_recovers_from_far_start_where_gn_diverges():
+    # Freudenstein-Roth-like valley: GN from far away blows up or stalls; LM gets there
+    def residual(x, p):
+        return jnp.stack([p[0] * (x[1] - x[0] ** 2), 1 - x[0], 0.1 * jnp.sin(3 * x[0])])
+
+    x0 = jnp.asarray([-3.0, 8.0])
+    p = jnp.asarray([10.0])
+    lm = jaxnlls.solve(residual, x0, p, solver=jaxnlls.LevenbergMarquardt(), max_steps=200)
+    ref = scipy.optimize.least_squares(lambda x: np.asarray(residual(jnp.asarray(x), p)),
+                                       np.asarray(x0), method="lm", xtol=1e-14, ftol=1e-14)
+    assert float(lm.stats.final_cost) == pytest.approx(ref.cost, rel=1e-4)
+
+
+def test_stats_are_consistent():
+    problem = curve_problem(0.1)
+    sol = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params)
+    r = problem.residual_fn(sol.value, problem.params)
+    assert float(sol.stats.final_cost) == pytest.approx(0.5 * float(jnp.sum(r * r)), rel=1e-6)
+    r0 = problem.residual_fn(problem.x0, problem.params)
+    assert float(sol.stats.initial_cost) == pytest.approx(0.5 * float(jnp.sum(r0 * r0)), rel=1e-6)
+    assert 0 < int(sol.stats.accepted_steps) <= int(sol.stats.steps)
+    assert float(sol.stats.grad_norm) < 1e-4
