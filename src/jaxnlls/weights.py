@@ -298,7 +298,8 @@ class ScalarWeight(AbstractWeight):
 
     def information(self, d: int):
         w2 = jnp.square(self.sqrt_info)
-        return w2[..., None, None] * jnp.eye(d, dtype=w2.dtype)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=w2.dtype), w2.shape + (d, d))
+        return w2[..., None, None] * eye
 
 
 class DiagonalWeight(AbstractWeight):
@@ -328,7 +329,8 @@ class DiagonalWeight(AbstractWeight):
                 f"expected (..., {d})"
             )
         w2 = jnp.square(self.sqrt_info)
-        return w2[..., :, None] * jnp.eye(d, dtype=w2.dtype)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=w2.dtype), w2.shape + (d,))
+        return w2[..., :, None] * eye
 
 
 class SqrtInfoWeight(AbstractWeight):
