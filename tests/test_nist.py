@@ -9,48 +9,34 @@ to at least 6 significant digits (NIST's log relative error, LRE >= 6).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nist import MODELS, NAMES, load, log_relative_error
+from nist import MODELS, NAMES, load, log_relative_error, solver_settings
 
 import jaxnlls
 
 MIN_LRE = 6.0
 TINY_RSS = 1e-20  # certified RSS below this: RSS < TINY_RSS is a pass (Lanczos1)
 
-# Per-problem solver settings. The default is plain LM with tight tolerances; the exceptions
-# say why. Keys are (name, start); a name alone applies to both starts.
-DEFAULT_SETTINGS = dict(scaled=False, max_steps=1000)
-SETTINGS: dict[str | tuple[str, int], dict] = {}
-
-# Representative subset run by default (one or two per model class and difficulty); the rest
-# is marked slow. Every file has a test either way.
-FAST = {
-    ("Misra1a", 1),
-    ("Chwirut2", 2),
-    ("DanWood", 1),
-    ("Kirby2", 1),
-    ("MGH17", 2),
-    ("Lanczos3", 2),
-    ("Roszman1", 1),
-    ("Nelson", 2),
-    ("ENSO", 2),
-}
-
-
-def _settings(name: str, start: int) -> dict:
-    out = dict(DEFAULT_SETTINGS)
-    out.update(SETTINGS.get(name, {}))
-    out.update(SETTINGS.get((name, start), {}))
-    return out
+# Representative subset run by default: both starts of a few files (the two starts share one
+# compilation). Covers an easy exponential (Misra1a), badly scaled parameters with Marquardt
+# scaling (Roszman1, Nelson with its log response), a near-zero certified RSS (Lanczos1) and the
+# n > 8 linear-solve path (ENSO). The rest is marked slow; every file has a test either way.
+FAST_FILES = {"Misra1a", "Roszman1", "Nelson", "Lanczos1", "ENSO"}
 
 
 def _path(shared_data, name):
     return shared_data / "nist_strd" / f"{name}.dat"
+
+
+@functools.cache
+def _load(path):
+    return load(path)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -111,14 +97,14 @@ def test_model_at_certified_values(name, shared_data, requires_x64):
 def _cases():
     for name in NAMES:
         for start in (1, 2):
-            marks = () if (name, start) in FAST else (pytest.mark.slow,)
+            marks = () if name in FAST_FILES else (pytest.mark.slow,)
             yield pytest.param(name, start, id=f"{name}-start{start}", marks=marks)
 
 
 @pytest.mark.parametrize("name,start", list(_cases()))
 def test_certified_values(name, start, shared_data, requires_x64):
-    p = load(_path(shared_data, name))
-    cfg = _settings(name, start)
+    p = _load(_path(shared_data, name))
+    cfg = solver_settings(name, start)
     solver = jaxnlls.LevenbergMarquardt(rtol=1e-15, atol=1e-15, scaled=cfg["scaled"])
     sol = jaxnlls.solve(
         p.residual,
@@ -130,9 +116,11 @@ def test_certified_values(name, start, shared_data, requires_x64):
     )
     b = np.asarray(sol.value)
     rss = 2 * float(sol.stats.final_cost)
+    assert int(sol.result) == jaxnlls.RESULTS.successful, jaxnlls.RESULTS.message(sol.result)
     assert np.all(np.isfinite(b)), b
     # RSS recomputed independently of the solver's bookkeeping.
-    np.testing.assert_allclose(rss, float(p.rss(jnp.asarray(b), p.data(jnp.float64))), rtol=1e-10)
+    rss_check = float(p.rss(jnp.asarray(b), p.data(jnp.float64)))
+    np.testing.assert_allclose(rss, rss_check, rtol=1e-10, atol=1e-3 * TINY_RSS)
     lre_b = log_relative_error(b, p.certified)
     assert lre_b.min() >= MIN_LRE, (lre_b, b, p.certified, int(sol.stats.steps))
     if p.certified_rss < TINY_RSS:
