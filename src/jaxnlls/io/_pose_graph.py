@@ -427,8 +427,8 @@ def _read(
                 ln,
                 f"information matrix of edge ({e_ids[k][0]}, {e_ids[k][1]}) is {what}: "
                 f"eigenvalues {np.array2string(eig[k], precision=4)}{more}; "
-                "pass fix_information=True to project it to the nearest positive-definite "
-                "matrix",
+                "pass fix_information=True (jaxnlls pgo --fix-information) to project it to the "
+                "nearest positive-definite matrix",
                 tag=e_tags[k],
             )
         information = information.copy()
