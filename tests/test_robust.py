@@ -342,7 +342,7 @@ def test_apply_errors():
 
 
 @pytest.mark.parametrize("name", ["Huber", "SoftL1", "Cauchy"])
-def test_robustify_matches_scipy_loss(name):
+def test_robustify_matches_scipy_loss(name, requires_x64):
     """scipy.optimize.least_squares(loss=...) uses the same rho convention: minimizing our
     robustified residual with a plain loss must land on scipy's robust solution."""
     scipy_opt = pytest.importorskip("scipy.optimize")
