@@ -61,7 +61,7 @@ def auto_linear_solver(structure: G.GraphStructure) -> AbstractStepSolver:
 def default_solver(structure: G.GraphStructure, linear_solver: Any = "auto") -> AbstractSolver:
     """Levenberg-Marquardt tuned for factor graphs (GTSAM-like: small initial damping)."""
     ls = auto_linear_solver(structure) if linear_solver == "auto" else linear_solver
-    return LevenbergMarquardt(rtol=1e-10, atol=1e-12, initial_damping=1e-5, linear_solver=ls)
+    return LevenbergMarquardt(rtol=1e-8, atol=1e-10, initial_damping=1e-8, linear_solver=ls)
 
 
 class _GraphFlat(eqx.Module):
@@ -321,7 +321,7 @@ class FactorGraph(eqx.Module):
             data: factor data to use instead of ``self.data`` (same structure; differentiate
                 or vmap through it).
             solver: a jaxnlls solver. Default: Levenberg-Marquardt with initial damping
-                ``1e-5·max diag(JᵀJ)``, Nielsen's update, ``rtol=1e-10``, ``atol=1e-12`` and
+                ``1e-8·max diag(JᵀJ)``, Nielsen's update, ``rtol=1e-8``, ``atol=1e-10`` and
                 the linear solver below. A given solver keeps its own ``linear_solver``.
             linear_solver: step solver when ``solver`` is None: ``"auto"`` (see
                 :func:`auto_linear_solver`), or ``DenseCholesky()``, ``SparseCholesky()``,

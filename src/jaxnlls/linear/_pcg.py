@@ -68,7 +68,7 @@ def block_jacobi(lin, damping) -> Callable[[Array], Array]:
         scale = jnp.maximum(jnp.max(jnp.abs(B), axis=(1, 2)), jnp.finfo(B.dtype).tiny)
         eye = jnp.eye(d, dtype=B.dtype)
         # tiny relative ridge keeps rank-deficient blocks invertible
-        Breg = B + (jnp.finfo(B.dtype).eps * 10) * scale[:, None, None] * eye
+        Breg = B + (jnp.finfo(B.dtype).eps * 10) * scale[:, None, None] * eye[None]
         invs.append(jnp.linalg.inv(Breg))
 
     def apply(v):

@@ -141,7 +141,7 @@ def schur_solve(lin, damping, rhs, eliminate: Any):
     b_e = rhs[plan.off_e : plan.off_e + n_e * d_e].reshape(n_e, d_e)
     C = C + jax.vmap(jnp.diag)(d_e_vec)
     scale = jnp.maximum(jnp.max(jnp.abs(C), axis=(1, 2)), jnp.finfo(dtype).tiny)
-    Cinv = jnp.linalg.inv(C + (10 * jnp.finfo(dtype).eps) * scale[:, None, None] * jnp.eye(d_e, dtype=dtype))
+    Cinv = jnp.linalg.inv(C + (10 * jnp.finfo(dtype).eps) * scale[:, None, None] * jnp.eye(d_e, dtype=dtype)[None])
     y_e = jnp.einsum("nij,nj->ni", Cinv, b_e)
     S = S[:n_red, :n_red] + jnp.diag(d_r)
     bs = b_r
