@@ -96,8 +96,16 @@ KERNELS = {
 }
 SCALED = [k for k in KERNELS if k != "L2"]
 # rho(s)/s = 1 + a t + O(t^2) with t = s/c^2 (Fair: t = sqrt(s)/c)
-FIRST_ORDER = {"L2": 0.0, "Huber": 0.0, "SoftL1": -0.25, "Cauchy": -0.5, "Fair": -2.0 / 3,
-               "GemanMcClure": -1.0, "Welsch": -0.5, "Tukey": -1.0}
+FIRST_ORDER = {
+    "L2": 0.0,
+    "Huber": 0.0,
+    "SoftL1": -0.25,
+    "Cauchy": -0.5,
+    "Fair": -2.0 / 3,
+    "GemanMcClure": -1.0,
+    "Welsch": -0.5,
+    "Tukey": -1.0,
+}
 
 
 def _make(name, scale=SCALE):
@@ -144,10 +152,15 @@ def test_rho_weight_ratio(name, dtype):
     for key in ("rho", "weight", "ratio"):
         assert out[key].dtype == dtype, key
     g = slice(0, grid.size)  # the moderate grid: naive float64 formulas are accurate there
-    np.testing.assert_allclose(np.asarray(out["rho"], np.float64)[g], _ref_rho(name, grid, SCALE),
-                               rtol=rtol, atol=atol)
-    np.testing.assert_allclose(np.asarray(out["weight"], np.float64)[g],
-                               _ref_weight(name, grid, SCALE), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        np.asarray(out["rho"], np.float64)[g], _ref_rho(name, grid, SCALE), rtol=rtol, atol=atol
+    )
+    np.testing.assert_allclose(
+        np.asarray(out["weight"], np.float64)[g],
+        _ref_weight(name, grid, SCALE),
+        rtol=rtol,
+        atol=atol,
+    )
     np.testing.assert_allclose(out["d_rho"], out["weight"], rtol=10 * rtol, atol=10 * atol)
     # rho ≈ s near 0: rho(0) = 0, rho'(0) = 1, rho(s)/s -> 1
     assert float(out["rho"][0]) == 0.0 and float(out["d_rho"][0]) == pytest.approx(1.0)
@@ -156,7 +169,7 @@ def test_rho_weight_ratio(name, dtype):
     # small s (<= 0.01 c^2, down to 1e-30 c^2): first-order Taylor expansion of rho(s)/s,
     # coefficients derived by hand; remainder bounded by t^2
     t_small = tiny / SCALE**2 if name != "Fair" else np.sqrt(tiny) / SCALE
-    ratio_small = np.asarray(out["ratio"], np.float64)[grid.size:]
+    ratio_small = np.asarray(out["ratio"], np.float64)[grid.size :]
     taylor = 1.0 + FIRST_ORDER[name] * t_small
     assert np.all(np.abs(ratio_small - taylor) <= t_small**2 + 4 * np.finfo(dtype).eps)
     assert np.all(s64 * np.asarray(out["ratio"]) <= s64 * (1 + 4 * rtol))  # rho(s) <= s
@@ -192,14 +205,16 @@ def test_apply_cost_is_exact(name, dtype, getkey):
             axes = tuple(range(3 - block_ndim, 3))
             rp = loss.apply(r, block_ndim=block_ndim)
             tree = robustify(loss, {"a": r, "b": [r[0]]}, block_ndim=block_ndim)
-            out.append(dict(
-                rp=rp,
-                half_sq=0.5 * jnp.sum(rp * rp, axis=axes),
-                half_rho=0.5 * loss.rho(jnp.sum(r * r, axis=axes)),
-                cost=loss.cost(r, block_ndim=block_ndim),
-                tree=tree,
-                leaf_b=loss.apply(r[0], block_ndim=block_ndim),
-            ))
+            out.append(
+                dict(
+                    rp=rp,
+                    half_sq=0.5 * jnp.sum(rp * rp, axis=axes),
+                    half_rho=0.5 * loss.rho(jnp.sum(r * r, axis=axes)),
+                    cost=loss.cost(r, block_ndim=block_ndim),
+                    tree=tree,
+                    leaf_b=loss.apply(r[0], block_ndim=block_ndim),
+                )
+            )
         return out
 
     for o in evaluate(r):
@@ -254,8 +269,9 @@ def test_apply_finite_at_zero_and_large(name, dtype):
             assert np.all(np.isfinite(out[key])), key
         # gradient of the robust cost is rho'(s) r (the IRLS identity)
         atol = 50 * float(jnp.finfo(dtype).eps) * float(out["term"])
-        np.testing.assert_allclose(out["grad"], out["irls"],
-                                   rtol=1e-4 if dtype == jnp.float32 else 1e-10, atol=atol)
+        np.testing.assert_allclose(
+            out["grad"], out["irls"], rtol=1e-4 if dtype == jnp.float32 else 1e-10, atol=atol
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -298,9 +314,10 @@ def test_bounded_kernels_saturate(name, dtype):
 
 @pytest.mark.parametrize("name", SCALED)
 def test_grad_wrt_scale_fd(name, requires_x64, getkey):
-    r = jax.random.normal(getkey(), (6, 2), jnp.float64) * jnp.asarray(
-        [0.1, 0.5, 0.9, 1.6, 4.0, 20.0]
-    )[:, None]
+    r = (
+        jax.random.normal(getkey(), (6, 2), jnp.float64)
+        * jnp.asarray([0.1, 0.5, 0.9, 1.6, 4.0, 20.0])[:, None]
+    )
     s = jnp.sum(r * r, axis=-1)
 
     @jax.jit
@@ -357,8 +374,12 @@ def test_robustify_matches_scipy_loss(name, requires_x64):
     robust_fn = jax.jit(lambda th: loss.apply(raw(th), block_ndim=0))
     jac = jax.jit(jax.jacfwd(lambda th: loss.apply(raw(th), block_ndim=0)))
     kw = dict(xtol=1e-14, ftol=1e-14, gtol=1e-14)
-    ours = scipy_opt.least_squares(lambda t: np.asarray(robust_fn(jnp.asarray(t))), np.zeros(2),
-                                   jac=lambda t: np.asarray(jac(jnp.asarray(t))), **kw)
+    ours = scipy_opt.least_squares(
+        lambda t: np.asarray(robust_fn(jnp.asarray(t))),
+        np.zeros(2),
+        jac=lambda t: np.asarray(jac(jnp.asarray(t))),
+        **kw,
+    )
     ref = scipy_opt.least_squares(raw, np.zeros(2), loss=scipy_name, f_scale=c, **kw)
     np.testing.assert_allclose(ours.x, ref.x, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(ours.cost, ref.cost, rtol=1e-8)
@@ -403,8 +424,9 @@ def _robust_line_fit(loss, theta0, data):
         data, loss = args
         return loss.apply(_line_residual(theta, data), block_ndim=0)
 
-    return jaxnlls.solve(residual_fn, theta0, (data, loss), solver=_lm(theta0.dtype),
-                         max_steps=200, throw=False)
+    return jaxnlls.solve(
+        residual_fn, theta0, (data, loss), solver=_lm(theta0.dtype), max_steps=200, throw=False
+    )
 
 
 @pytest.fixture
@@ -450,13 +472,24 @@ def test_gnc_geman_mcclure_from_bad_starts(line_problem):
     good = plain.value[-1]
     assert err_plain[-1] < 0.01
 
-    gnc = jax.vmap(lambda t0: gnc_solve(_line_residual, t0, data, loss=loss, num_stages=8,
-                                        block_ndim=0, solver=_lm(dtype), max_steps=200,
-                                        throw=False))(bad)
+    gnc = jax.vmap(
+        lambda t0: gnc_solve(
+            _line_residual,
+            t0,
+            data,
+            loss=loss,
+            num_stages=8,
+            block_ndim=0,
+            solver=_lm(dtype),
+            max_steps=200,
+            throw=False,
+        )
+    )(bad)
     np.testing.assert_array_equal(gnc.result, jaxnlls.RESULTS.successful)
     assert np.all(_err(gnc.value) < 0.01), _err(gnc.value)
-    np.testing.assert_allclose(gnc.value, jnp.broadcast_to(good, gnc.value.shape),
-                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        gnc.value, jnp.broadcast_to(good, gnc.value.shape), rtol=1e-3, atol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -470,8 +503,17 @@ def test_gnc_grad_is_final_stage_implicit_grad(requires_x64):
 
     @jax.jit
     def via_gnc(yy, c):
-        sol = gnc_solve(_line_residual, bad, (xs, yy), loss=GemanMcClure(c), num_stages=6,
-                        block_ndim=0, solver=_lm(jnp.float64), max_steps=200, throw=False)
+        sol = gnc_solve(
+            _line_residual,
+            bad,
+            (xs, yy),
+            loss=GemanMcClure(c),
+            num_stages=6,
+            block_ndim=0,
+            solver=_lm(jnp.float64),
+            max_steps=200,
+            throw=False,
+        )
         return jnp.sum(sol.value * weights_out), sol.result
 
     def f(yy, c):
@@ -556,31 +598,31 @@ def test_weights_match_quadratic_form(dtype):
     info_s = ws.astype(np.float64)[:, None, None] ** 2 * eye
     np.testing.assert_allclose(sq(out["scalar_b"]), _quad(r, info_s), rtol=rtol)
     np.testing.assert_allclose(out["scalar_info"], info_s, rtol=rtol)
-    np.testing.assert_allclose(sq(out["diag"]), _quad(r, np.diag(wd.astype(np.float64) ** 2)),
-                               rtol=rtol)
+    np.testing.assert_allclose(
+        sq(out["diag"]), _quad(r, np.diag(wd.astype(np.float64) ** 2)), rtol=rtol
+    )
     np.testing.assert_allclose(out["diag_info"], np.diag(wd.astype(np.float64) ** 2), rtol=rtol)
     np.testing.assert_allclose(out["diag_as_full"], out["diag"], rtol=rtol)
     np.testing.assert_allclose(out["scalar_as_diag"], out["scalar_b"], rtol=rtol)
     # per-residual weights on scalar residuals are the diagonal case
-    np.testing.assert_allclose(sq(out["per_residual"]),
-                               np.sum((ws.astype(np.float64) * r[:, 0]) ** 2), rtol=rtol)
+    np.testing.assert_allclose(
+        sq(out["per_residual"]), np.sum((ws.astype(np.float64) * r[:, 0]) ** 2), rtol=rtol
+    )
     for tri in ("upper", "lower"):
         R = np.asarray(out[f"R_{tri}"])
         off = np.tril(R, -1) if tri == "upper" else np.triu(R, 1)
         np.testing.assert_array_equal(off, 0.0)
         assert np.all(np.diagonal(R, axis1=-2, axis2=-1) > 0)
         np.testing.assert_allclose(sq(out[f"full_{tri}"]), _quad(r, info), rtol=10 * rtol)
-        np.testing.assert_allclose(out[f"full_info_{tri}"], info, rtol=10 * rtol,
-                                   atol=10 * rtol)
+        np.testing.assert_allclose(out[f"full_info_{tri}"], info, rtol=10 * rtol, atol=10 * rtol)
         info_cov = np.linalg.inv(np.asarray(cov, np.float64))
-        np.testing.assert_allclose(sq(out[f"from_cov_{tri}"]), _quad(r, info_cov),
-                                   rtol=100 * rtol)
-    np.testing.assert_allclose(out["cov_upper"], out["from_inv_cov"], rtol=100 * rtol,
-                               atol=100 * rtol)
+        np.testing.assert_allclose(sq(out[f"from_cov_{tri}"]), _quad(r, info_cov), rtol=100 * rtol)
+    np.testing.assert_allclose(
+        out["cov_upper"], out["from_inv_cov"], rtol=100 * rtol, atol=100 * rtol
+    )
     # lower from covariance is C^{-1} with cov = C C^T
     C = np.linalg.cholesky(np.asarray(cov, np.float64))
-    np.testing.assert_allclose(np.asarray(out["cov_lower"], np.float64) @ C, eye,
-                               atol=100 * rtol)
+    np.testing.assert_allclose(np.asarray(out["cov_lower"], np.float64) @ C, eye, atol=100 * rtol)
 
 
 def test_weights_batched_broadcasting():
@@ -626,15 +668,17 @@ def test_weights_differentiable(requires_x64):
     expected_cov = -0.5 * np.sum(_quad(r, ci @ direction @ ci))
     for tri in ("upper", "lower"):
         np.testing.assert_allclose(g[f"cov_{tri}"], expected_cov, rtol=1e-9)
-        np.testing.assert_allclose(g[f"info_{tri}"], 0.5 * np.sum(_quad(r, direction)),
-                                   rtol=1e-9)
+        np.testing.assert_allclose(g[f"info_{tri}"], 0.5 * np.sum(_quad(r, direction)), rtol=1e-9)
     np.testing.assert_allclose(g["diag"], wd * np.sum(r * r, axis=0), rtol=1e-12)
     np.testing.assert_allclose(g["scalar"], 1.5 * np.sum(r * r), rtol=1e-12)
 
 
 def test_weights_shape_errors():
-    with pytest.raises(ValueError, match=r"sqrt_info has shape \(3, 2\); expected \(3, 3\) "
-                                         r"for a residual of size 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"sqrt_info has shape \(3, 2\); expected \(3, 3\) "
+        r"for a residual of size 3",
+    ):
         weights.whiten_sqrt_info(jnp.ones(3), jnp.ones((3, 2)))
     with pytest.raises(ValueError, match=r"sqrt_info has shape \(2,\); expected \(\.\.\., 3\)"):
         weights.whiten_diagonal(jnp.ones((5, 3)), jnp.ones(2))

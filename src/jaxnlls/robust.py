@@ -14,13 +14,13 @@ $x = s / c^2$ and $u = \sqrt{s} / c = \|r\| / c$:
 | kernel | $\rho(s)$ | $\rho'(s)$ (IRLS weight) | bounded? |
 |---|---|---|---|
 | :class:`L2` (``Trivial``) | $s$ | $1$ | no |
-| :class:`Huber` | $s$ if $s \le c^2$, else $2c\sqrt{s} - c^2$ | $\min(1, c/\sqrt{s})$ | no (linear) |
+| :class:`Huber` | $s$ if $s \le c^2$, else $2c\sqrt{s} - c^2$ | $\min(1, c/\sqrt s)$ | no |
 | :class:`SoftL1` | $2c^2(\sqrt{1 + x} - 1)$ | $1/\sqrt{1 + x}$ | no (linear) |
 | :class:`Cauchy` | $c^2 \log(1 + x)$ | $1/(1 + x)$ | no (log) |
 | :class:`Fair` | $2c^2(u - \log(1 + u))$ | $1/(1 + u)$ | no (linear) |
 | :class:`GemanMcClure` | $c^2 x / (1 + x) = s c^2 / (c^2 + s)$ | $1/(1 + x)^2$ | $\rho \to c^2$ |
 | :class:`Welsch` | $c^2 (1 - e^{-x})$ | $e^{-x}$ | $\rho \to c^2$ |
-| :class:`Tukey` | $\tfrac{c^2}{3}(1 - (1 - x)^3)$ if $x \le 1$, else $\tfrac{c^2}{3}$ | $(1 - x)^2$ if $x \le 1$, else $0$ | $\rho = c^2/3$ beyond $c$ |
+| :class:`Tukey` | $\tfrac{c^2}{3}(1-(1-x)^3)$ for $x \le 1$, else $c^2/3$ | $(1-x)^2$, $0$ | yes |
 
 ``rho(s)`` and ``weight(s)`` are elementwise functions of $s$ (any shape); ``weight`` is
 $\rho'(s)$, the iteratively-reweighted-least-squares weight (for a scalar residual $e$,
@@ -149,7 +149,7 @@ def _safe_sqrt(s: Array) -> Array:
 
 
 class AbstractRobustLoss(eqx.Module):
-    r"""A robust kernel $\rho$ of the squared norm $s = \|r\|^2$; the block cost is $\tfrac12\rho(s)$.
+    r"""A robust kernel $\rho$ of the squared norm $s = \|r\|^2$; block cost $\tfrac12\rho(s)$.
 
     Subclasses implement ``rho``, ``weight`` ($\rho'$) and ``rho_ratio`` ($\rho(s)/s$, stable
     at $s = 0$ where it equals 1). All three are elementwise in ``s`` and follow its dtype.
@@ -170,7 +170,7 @@ class AbstractRobustLoss(eqx.Module):
     def apply(
         self, r: Float[Array, "*batch *block"], *, block_ndim: int = 1
     ) -> Float[Array, "*batch *block"]:
-        r"""Robustified residual $r' = \sqrt{\rho(s)/s}\, r$ with $\tfrac12\|r'\|^2 = \tfrac12\rho(s)$.
+        r"""Robustified residual $r' = \sqrt{\rho(s)/s}\, r$, so $\|r'\|^2 = \rho(s)$ exactly.
 
         Args:
             r: residual blocks. The trailing ``block_ndim`` axes form one block (its squared
@@ -202,9 +202,7 @@ class AbstractRobustLoss(eqx.Module):
         s = jnp.sum(r * r, axis=axes, keepdims=True)
         return jnp.sqrt(self.rho_ratio(s)) * r
 
-    def cost(
-        self, r: Float[Array, "*batch *block"], *, block_ndim: int = 1
-    ) -> Float[Array, ""]:
+    def cost(self, r: Float[Array, "*batch *block"], *, block_ndim: int = 1) -> Float[Array, ""]:
         r"""Total robust cost $\tfrac12\sum_{\text{blocks}}\rho(\|r_b\|^2)$ of ``r``."""
         r = jnp.asarray(r)
         _float_dtype(r)
@@ -454,9 +452,7 @@ class Tukey(AbstractScaledLoss):
 # pytree-level robustification
 
 
-def robustify(
-    loss: AbstractRobustLoss, r: PyTree[Float[Array, "..."]], *, block_ndim: int = 1
-) -> PyTree[Float[Array, "..."]]:
+def robustify(loss: AbstractRobustLoss, r: PyTree[Array], *, block_ndim: int = 1) -> PyTree[Array]:
     r"""Apply ``loss`` to every leaf of a residual pytree (see :meth:`AbstractRobustLoss.apply`).
 
     Each leaf's trailing ``block_ndim`` axes form one block. The result has the structure,
@@ -480,9 +476,7 @@ def robustify(
 # graduated non-convexity
 
 
-def gnc_schedule(
-    mu_init: Float[ArrayLike, ""], num_stages: int
-) -> Float[Array, " num_stages"]:
+def gnc_schedule(mu_init: Float[ArrayLike, ""], num_stages: int) -> Float[Array, " num_stages"]:
     r"""Geometric continuation $\mu_k = \mu_0^{1 - k/(K-1)}$, $k = 0..K-1$, ending at $\mu = 1$.
 
     ``mu_init`` may be traced; ``num_stages`` ($K \ge 1$) is static. With $K = 1$ the only
@@ -498,7 +492,7 @@ def gnc_schedule(
 
 
 def gnc_solve(
-    residual_fn: Callable[[Any, Any], PyTree[Float[Array, "..."]]],
+    residual_fn: Callable[[Any, Any], PyTree[Array]],
     init: Any,
     params: Any,
     *,
@@ -608,9 +602,7 @@ def gnc_solve(
 
     def stage(x, mu):
         stage_loss = loss.with_scale(lax.stop_gradient(scale) * jnp.sqrt(mu))
-        sol = jaxnlls.solve(
-            robust_fn, x, (params_nograd, stage_loss), throw=False, **solve_kwargs
-        )
+        sol = jaxnlls.solve(robust_fn, x, (params_nograd, stage_loss), throw=False, **solve_kwargs)
         return sol.value, None
 
     x = _stop_gradient_tree(init)

@@ -152,8 +152,7 @@ def whiten_diagonal(
     d = r.shape[-1]
     if w.ndim < 1 or w.shape[-1] != d:
         raise ValueError(
-            f"{fn}: sqrt_info has shape {w.shape}; expected (..., {d}) for a residual of "
-            f"size {d}"
+            f"{fn}: sqrt_info has shape {w.shape}; expected (..., {d}) for a residual of size {d}"
         )
     w = _broadcast_batch(fn, "sqrt_info", w, 1, r)
     return w * r
@@ -390,4 +389,3 @@ def whiten(r: Float[Array, "*batch d"], weight: AbstractWeight) -> Float[Array, 
             "raw arrays)"
         )
     return weight.whiten(r)
-
