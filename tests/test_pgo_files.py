@@ -1,0 +1,105 @@
+"""Every shared g2o/TORO pose graph: the factor-graph solve converges to GTSAM's optimum.
+
+The reference optima are in ``bench/reference_costs.json`` (GTSAM LM, tolerances 1e-12, written
+by ``bench/gtsam_reference.py``). The final cost is recomputed with the independent numpy
+residual of :class:`jaxnlls.io.PoseGraph` and must be at most the reference ``(1 + 1e-6)``
+(lower is fine: GTSAM may stop earlier). Each graph structure costs one compilation (tens of
+seconds on a loaded 2-core machine), so only two small graphs run by default.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import jaxnlls
+from jaxnlls.io import group_to_poses, pose_graph_to_factor_graph, read_pose_graph
+
+REFERENCE = pathlib.Path(__file__).resolve().parents[1] / "bench" / "reference_costs.json"
+
+DEFAULT = ["pgo2d/ring.g2o", "pgo3d/tinyGrid3D.g2o"]
+SLOW = [
+    "pgo2d/CSAIL.g2o",
+    "pgo2d/FR079.g2o",
+    "pgo2d/groundtruth/ring.g2o",
+    "pgo2d/groundtruth/ringCity.g2o",
+    "pgo2d/input_M3500_g2o.g2o",
+    "pgo2d/input_M3500a_g2o.g2o",
+    "pgo2d/intel.g2o",
+    "pgo2d/manhattanOlson3500.g2o",
+    "pgo2d/ringCity.g2o",
+    "pgo2d/risam_csail/csail.g2o",
+    "pgo2d/risam_csail/csail.toro",
+    "pgo2d/city10000.g2o",
+    "pgo3d/smallGrid3D.g2o",
+    "pgo3d/sphere2500.g2o",
+    "pgo3d/parking-garage.g2o",
+]
+# GTSAM itself did not converge on these (see reference_costs.json: "reference_converged"):
+# input_INTEL_g2o has information matrices with eigenvalue ratios down to 4e-12 and plain LM
+# makes no step; sphere_bignoise is the large-noise sphere with many local minima.
+HARD = ["pgo2d/input_INTEL_g2o.g2o", "pgo3d/sphere_bignoise_vertex3.g2o"]
+
+
+def _references() -> dict:
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} missing (run bench/gtsam_reference.py)")
+    return json.loads(REFERENCE.read_text())["problems"]
+
+
+def _check(shared_data, rel: str, max_steps: int = 200) -> None:
+    ref = _references()[rel]
+    pg = read_pose_graph(shared_data / rel)
+    assert (pg.n_poses, pg.n_edges) == (ref["n_poses"], ref["n_edges"])
+    fg, init, pose_t = pose_graph_to_factor_graph(pg)
+    x64 = jax.config.read("jax_enable_x64")
+    rtol = 1e-6 if x64 else 1e-3
+    # our cost convention is GTSAM's (checked at the initial guess, where nothing is solved)
+    np.testing.assert_allclose(
+        float(fg.cost(init)), ref["initial_cost"], rtol=1e-9 if x64 else 1e-4
+    )
+    sol = fg.solve(init, max_steps=max_steps, throw=False)
+    if x64:
+        assert int(sol.result) == jaxnlls.RESULTS.successful, jaxnlls.RESULTS.message(
+            int(sol.result)
+        )
+    poses = group_to_poses(sol.value.get(pose_t))
+    cost = pg.cost(poses)  # independent numpy evaluation
+    np.testing.assert_allclose(
+        float(sol.stats.final_cost), cost, rtol=1e-8 if x64 else 1e-3, atol=1e-9
+    )
+    target = ref["reference_cost"]
+    assert cost <= target * (1 + rtol) + 1e-9, (rel, cost, target)
+
+
+@pytest.mark.parametrize("rel", DEFAULT)
+def test_pgo_file_matches_gtsam(shared_data, rel):
+    _check(shared_data, rel)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", SLOW)
+def test_pgo_file_matches_gtsam_slow(shared_data, rel):
+    _check(shared_data, rel)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", HARD)
+def test_pgo_hard_file_not_worse_than_gtsam(shared_data, rel):
+    _check(shared_data, rel, max_steps=1000)
+
+
+def test_reference_file_covers_every_shared_graph(shared_data):
+    refs = _references()
+    files = sorted(str(p.relative_to(shared_data)) for p in (shared_data / "pgo2d").rglob("*.g2o"))
+    files += sorted(str(p.relative_to(shared_data)) for p in (shared_data / "pgo3d").glob("*.g2o"))
+    assert set(files) <= set(refs)
+    assert set(DEFAULT + SLOW + HARD) == set(refs)
+    for rel, r in refs.items():
+        # GTSAM's graph.error and the numpy residual agreed when the file was written
+        assert r["final_cost"] == pytest.approx(r["final_cost_numpy"], rel=1e-8, abs=1e-10), rel
+        assert r["reference_cost"] <= r["initial_cost"], rel
