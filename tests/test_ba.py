@@ -43,7 +43,9 @@ def test_dubrovnik_3_7(shared_data):
     else:
         # float32 pixel residuals of ~500 px resolve to ~1e-4 px: a cost floor of ~1e-2
         assert b.cost(cams, pts) < 1e-4 * b.cost()
-    np.testing.assert_allclose(float(sol.stats.final_cost), b.cost(cams, pts), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        float(sol.stats.final_cost), b.cost(cams, pts), rtol=1e-6 if x64 else 1e-2, atol=1e-9
+    )
 
 
 @pytest.mark.slow
