@@ -206,8 +206,11 @@ class AbstractLieGroup(AbstractManifold):
 
     def interpolate(self, other: Self, t: Float[Array, "*batch"] | float) -> Self:
         """Geodesic interpolation ``x · Exp(t · Log(x⁻¹ y))`` (slerp for rotations); ``t ∈ [0, 1]``."""
-        t = jnp.asarray(t, dtype=self.dtype)
-        return self.retract(t[..., None] * self.local(other))
+        d = self.local(other)
+        t = jnp.asarray(t, dtype=d.dtype)
+        shape = jnp.broadcast_shapes(t.shape, d.shape[:-1])
+        d = jnp.broadcast_to(d, shape + d.shape[-1:])
+        return self.retract(jnp.broadcast_to(t, shape)[..., None] * d)
 
 
 def _check_same_group(a: AbstractLieGroup, b: Any, op: str) -> None:

@@ -20,7 +20,6 @@ from ._base import (
 from ._so2 import SO2, rot2_apply, rot2_from_matrix, rot2_matrix, rot2_mul
 from ._utils import (
     as_float,
-
     half_cot_coeff,
     normalize_last,
     one_minus_cos_over_sq,
@@ -100,7 +99,7 @@ class SE2(AbstractLieGroup):
         return SE2(jnp.concatenate([rot, t], axis=-1))
 
     def inverse(self) -> SE2:
-        cs_inv = self.params[..., :2] * jnp.asarray([1.0, -1.0], dtype=self.dtype)
+        cs_inv = jnp.stack([self.params[..., 0], -self.params[..., 1]], axis=-1)
         t = -rot2_apply(cs_inv, self.params[..., 2:])
         return SE2(jnp.concatenate([cs_inv, t], axis=-1))
 

@@ -88,7 +88,7 @@ class SO2(AbstractLieGroup):
         return SO2(rot2_mul(a, b))
 
     def inverse(self) -> SO2:
-        return SO2(self.params * jnp.asarray([1.0, -1.0], dtype=self.dtype))
+        return SO2(jnp.stack([self.params[..., 0], -self.params[..., 1]], axis=-1))
 
     def act(self, points: Float[Array, "*batch 2"]) -> Float[Array, "*batch 2"]:
         points = check_points(self, points)

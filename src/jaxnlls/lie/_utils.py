@@ -199,7 +199,7 @@ def quat_mul(p: Array, q: Array) -> Array:
 
 
 def quat_conj(q: Array) -> Array:
-    return q * jnp.asarray([1.0, -1.0, -1.0, -1.0], dtype=q.dtype)
+    return jnp.concatenate([q[..., :1], -q[..., 1:]], axis=-1)
 
 
 def quat_rotate(q: Array, p: Array) -> Array:
