@@ -15,9 +15,11 @@ from jaxnlls.robust import (
     Cauchy,
     Fair,
     GemanMcClure,
+    GNCTruncatedLS,
     Huber,
     SoftL1,
     Trivial,
+    TruncatedLS,
     Tukey,
     Welsch,
     gnc_schedule,
@@ -58,6 +60,12 @@ def _ref_rho(name: str, s: np.ndarray, c: float) -> np.ndarray:
         return c2 * (1 - np.exp(-x))
     if name == "Tukey":
         return np.where(s <= c2, c2 / 3 * (1 - (1 - x) ** 3), c2 / 3)
+    if name == "TruncatedLS":
+        return np.minimum(s, c2)
+    if name == "GNCTruncatedLS":
+        mu = GNC_MU
+        mid = 2 * c * np.sqrt(s) * np.sqrt(mu * (mu + 1)) - mu * (c2 + s)
+        return np.where(x <= mu / (mu + 1), s, np.where(x >= (mu + 1) / mu, c2, mid))
     raise AssertionError(name)
 
 
@@ -80,10 +88,17 @@ def _ref_weight(name: str, s: np.ndarray, c: float) -> np.ndarray:
         return np.exp(-x)
     if name == "Tukey":
         return np.where(s <= c2, (1 - x) ** 2, 0.0)
+    if name == "TruncatedLS":
+        return np.where(s < c2, 1.0, 0.0)
+    if name == "GNCTruncatedLS":
+        mu = GNC_MU
+        mid = c * np.sqrt(mu * (mu + 1)) / np.sqrt(np.maximum(s, 1e-300)) - mu
+        return np.where(x <= mu / (mu + 1), 1.0, np.where(x >= (mu + 1) / mu, 0.0, mid))
     raise AssertionError(name)
 
 
 SCALE = 1.7
+GNC_MU = 0.5  # control parameter of the GNC-TLS surrogate under test
 KERNELS = {
     "L2": lambda c: L2(),
     "Huber": Huber,
@@ -93,6 +108,8 @@ KERNELS = {
     "GemanMcClure": GemanMcClure,
     "Welsch": Welsch,
     "Tukey": Tukey,
+    "TruncatedLS": TruncatedLS,
+    "GNCTruncatedLS": lambda c: GNCTruncatedLS(c, GNC_MU),
 }
 SCALED = [k for k in KERNELS if k != "L2"]
 # rho(s)/s = 1 + a t + O(t^2) with t = s/c^2 (Fair: t = sqrt(s)/c)
@@ -105,6 +122,8 @@ FIRST_ORDER = {
     "GemanMcClure": -1.0,
     "Welsch": -0.5,
     "Tukey": -1.0,
+    "TruncatedLS": 0.0,
+    "GNCTruncatedLS": 0.0,
 }
 
 
@@ -113,8 +132,9 @@ def _make(name, scale=SCALE):
 
 
 def _s_grid(c: float) -> np.ndarray:
-    """Squared norms from 0 to far beyond the scale, avoiding exact kinks (Huber/Tukey)."""
-    return np.concatenate([[0.0], c * c * np.geomspace(1e-3, 1e3, 37)])
+    """Squared norms from 0 to far beyond the scale, avoiding the kinks at s/c^2 = 1 (TLS) and
+    mu/(mu+1), (mu+1)/mu (GNC-TLS)."""
+    return np.concatenate([[0.0], c * c * np.geomspace(1e-3, 1e3, 36)])
 
 
 def _tols(dtype):
@@ -275,12 +295,15 @@ def test_apply_finite_at_zero_and_large(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("name", ["Tukey", "Welsch", "GemanMcClure"])
+@pytest.mark.parametrize(
+    "name", ["Tukey", "Welsch", "GemanMcClure", "TruncatedLS", "GNCTruncatedLS"]
+)
 def test_bounded_kernels_saturate(name, dtype):
     c = SCALE
     loss = _make(name)
     eps = float(jnp.finfo(dtype).eps)
-    sup = {"Tukey": c * c / 3, "Welsch": c * c, "GemanMcClure": c * c}[name]
+    sup = {"Tukey": c * c / 3}.get(name, c * c)
+    # every row is beyond the cutoff of the truncating kernels (GNC-TLS: s >= 3 c^2 at mu=1/2)
     r = jnp.asarray([[2.0 * c, 0.0], [30.0 * c, -40.0 * c], [1e4 * c, 0.0]], dtype)
 
     @jax.jit
@@ -301,13 +324,13 @@ def test_bounded_kernels_saturate(name, dtype):
     assert np.all(out["rho"] <= sup * (1 + 1e-6))
     assert np.all(np.isfinite(out["jac"])) and np.all(np.isfinite(out["grad"]))
     np.testing.assert_allclose(out["norm_rp"], jnp.sqrt(out["rho"]), rtol=1e-5)
-    if name == "Tukey":
-        # constant beyond the cutoff: rho = c^2/3, zero weight, zero gradient of the cost
+    if name in ("Tukey", "TruncatedLS", "GNCTruncatedLS"):
+        # constant beyond the cutoff: rho = sup, zero weight, zero gradient of the cost
         np.testing.assert_allclose(out["rho"], sup, rtol=1e-6)
         np.testing.assert_array_equal(out["weight"], 0.0)
         np.testing.assert_allclose(out["grad"], 0.0, atol=100 * eps * c)
-        # continuous at the cutoff (rho(c^2 (1-d)^2) = c^2/3 (1 - O(d^3)))
-        assert abs(float(out["below"]) - sup) < 1e-7 * sup + 10 * eps * sup
+        if name == "Tukey":  # C^2 at the cutoff: rho(c^2 (1-d)^2) = c^2/3 (1 - O(d^3))
+            assert abs(float(out["below"]) - sup) < 1e-7 * sup + 10 * eps * sup
         # a scalar residual beyond the cutoff has a zero Jacobian (it is ignored by GN)
         np.testing.assert_allclose(out["scalar_jac"], 0.0, atol=10 * eps)
 
@@ -490,6 +513,50 @@ def test_gnc_geman_mcclure_from_bad_starts(line_problem):
     np.testing.assert_allclose(
         gnc.value, jnp.broadcast_to(good, gnc.value.shape), rtol=1e-3, atol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TruncatedLS",
+        pytest.param("Tukey", marks=pytest.mark.slow),
+        pytest.param("Welsch", marks=pytest.mark.slow),
+    ],
+)
+def test_gnc_other_kernels_from_bad_starts(name, line_problem):
+    """GNC-TLS (mu increasing through GNCTruncatedLS, then TLS) and scale continuation for
+    Tukey/Welsch recover the line from starts where every residual is beyond the cutoff."""
+    _requires_solve()
+    data, dtype = line_problem
+    loss = KERNELS[name](jnp.asarray(0.15 if name != "Tukey" else 0.25, dtype))
+    bad = jnp.asarray([[-5.0, 10.0], [10.0, -10.0], [20.0, 20.0]], dtype)
+    if name == "TruncatedLS":
+        # plain TLS from there fits whichever few points lie near the starting line
+        plain = jax.vmap(lambda t0: _robust_line_fit(loss, t0, data))(bad)
+        assert np.all(_err(plain.value) > 1.0), _err(plain.value)
+    gnc = jax.vmap(
+        lambda t0: gnc_solve(
+            _line_residual,
+            t0,
+            data,
+            loss=loss,
+            num_stages=8,
+            block_ndim=0,
+            solver=_lm(dtype),
+            max_steps=200,
+            throw=False,
+        )
+    )(bad)
+    np.testing.assert_array_equal(gnc.result, jaxnlls.RESULTS.successful)
+    assert np.all(_err(gnc.value) < 0.01), _err(gnc.value)
+    # the TLS solution is the L2 fit of the points within the threshold
+    if name == "TruncatedLS":
+        x, y = (np.asarray(a, np.float64) for a in data)
+        theta = np.asarray(gnc.value[0], np.float64)
+        inl = np.abs(theta[0] * x + theta[1] - y) < 0.15
+        ref = np.linalg.lstsq(np.stack([x[inl], np.ones(inl.sum())], 1), y[inl], rcond=None)[0]
+        tol = 1e-9 if dtype == jnp.float64 else 1e-4
+        np.testing.assert_allclose(gnc.value, np.broadcast_to(ref, (3, 2)), rtol=tol, atol=tol)
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ $x = s / c^2$ and $u = \sqrt{s} / c = \|r\| / c$:
 | :class:`GemanMcClure` | $c^2 x / (1 + x) = s c^2 / (c^2 + s)$ | $1/(1 + x)^2$ | $\rho \to c^2$ |
 | :class:`Welsch` | $c^2 (1 - e^{-x})$ | $e^{-x}$ | $\rho \to c^2$ |
 | :class:`Tukey` | $\tfrac{c^2}{3}(1-(1-x)^3)$ for $x \le 1$, else $c^2/3$ | $(1-x)^2$, $0$ | yes |
+| :class:`TruncatedLS` | $\min(s, c^2)$ | $1$ for $s < c^2$, else $0$ | yes |
+| :class:`GNCTruncatedLS` | Yang et al.'s GNC-TLS surrogate (see the class) | piecewise | yes |
 
 ``rho(s)`` and ``weight(s)`` are elementwise functions of $s$ (any shape); ``weight`` is
 $\rho'(s)$, the iteratively-reweighted-least-squares weight (for a scalar residual $e$,
@@ -71,7 +73,9 @@ Implications:
 kernel's scale enlarged to $c\sqrt{\mu_k}$, $\mu_0 \gg 1 \to \mu_{K-1} = 1$, each warm
 started from the previous solution (Yang, Antonante, Tzoumas, Carlone, "Graduated
 Non-Convexity for Robust Spatial Perception", RA-L 2020). For :class:`GemanMcClure` this is
-exactly their GNC-GM surrogate $\rho_\mu(s) = \mu c^2 s/(\mu c^2 + s)$.
+exactly their GNC-GM surrogate $\rho_\mu(s) = \mu c^2 s/(\mu c^2 + s)$. For
+:class:`TruncatedLS` it runs their GNC-TLS continuation (:class:`GNCTruncatedLS`, $\mu$
+increasing) and finishes with TLS.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ __all__ = [
     "GemanMcClure",
     "Welsch",
     "Tukey",
+    "TruncatedLS",
+    "GNCTruncatedLS",
     "robustify",
     "gnc_solve",
     "gnc_schedule",
@@ -448,6 +454,76 @@ class Tukey(AbstractScaledLoss):
         return jnp.where(inner, _horner((1.0, -1.0, 1.0 / 3), x_in), 1.0 / (3.0 * x_out))
 
 
+class TruncatedLS(AbstractScaledLoss):
+    r"""Truncated least squares (TLS): $\rho(s) = \min(s, c^2)$; $\rho'(s) = 1$ if $s < c^2$ else 0.
+
+    Bounded, not smooth at $\|r\| = c$ (a block exactly at the threshold has an undefined
+    derivative; elsewhere derivatives are those of plain least squares on the inliers).
+    Solve it with :func:`gnc_solve`, which follows the GNC-TLS continuation
+    (:class:`GNCTruncatedLS`) before a final TLS stage.
+    """
+
+    scale: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
+
+    def rho(self, s):
+        s, c2, x = self._x(s)
+        return jnp.minimum(s, c2)
+
+    def weight(self, s):
+        s, c2, x = self._x(s)
+        return jnp.where(x < 1, jnp.ones_like(x), jnp.zeros_like(x))
+
+    def rho_ratio(self, s):
+        s, c2, x = self._x(s)
+        inner = x <= 1
+        x_out = jnp.where(inner, jnp.ones_like(x), x)
+        return jnp.where(inner, jnp.ones_like(x), 1.0 / x_out)
+
+
+class GNCTruncatedLS(AbstractScaledLoss):
+    r"""The GNC surrogate of :class:`TruncatedLS` (Yang et al. 2020, eq. for GNC-TLS).
+
+    With $s_1 = \tfrac{\mu}{\mu+1}c^2$ and $s_2 = \tfrac{\mu+1}{\mu}c^2$:
+    $\rho_\mu(s) = s$ for $s \le s_1$; $2c\sqrt{s}\sqrt{\mu(\mu+1)} - \mu(c^2 + s)$ for
+    $s_1 < s < s_2$; $c^2$ for $s \ge s_2$. $\rho'_\mu = 1$, $c\sqrt{\mu(\mu+1)/s} - \mu$, $0$
+    ($C^1$ in $s$). Nearly convex (a Huber-like ramp up to $c^2/\mu$) for small $\mu$, and
+    $\rho_\mu \to \min(s, c^2)$ as $\mu \to \infty$. ``mu`` is a traced field.
+    """
+
+    scale: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
+    mu: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
+
+    def _regions(self, s):
+        s, c2, x = self._x(s)
+        mu = jnp.asarray(self.mu).astype(s.dtype)
+        x1 = mu / (mu + 1.0)
+        x2 = (mu + 1.0) / mu
+        inner = x <= x1
+        outer = x >= x2
+        mid = ~(inner | outer)
+        x_mid = jnp.where(mid, x, jnp.ones_like(x))  # > 0 in the middle region
+        return s, c2, x, mu, inner, outer, x_mid
+
+    def rho(self, s):
+        s, c2, x, mu, inner, outer, x_mid = self._regions(s)
+        k = jnp.sqrt(mu * (mu + 1.0))
+        mid = c2 * (2.0 * jnp.sqrt(x_mid) * k - mu * (1.0 + x_mid))
+        return jnp.where(inner, s, jnp.where(outer, c2, mid))
+
+    def weight(self, s):
+        s, c2, x, mu, inner, outer, x_mid = self._regions(s)
+        k = jnp.sqrt(mu * (mu + 1.0))
+        mid = k * lax.rsqrt(x_mid) - mu
+        return jnp.where(inner, jnp.ones_like(x), jnp.where(outer, jnp.zeros_like(x), mid))
+
+    def rho_ratio(self, s):
+        s, c2, x, mu, inner, outer, x_mid = self._regions(s)
+        k = jnp.sqrt(mu * (mu + 1.0))
+        mid = (2.0 * jnp.sqrt(x_mid) * k - mu * (1.0 + x_mid)) / x_mid
+        x_out = jnp.where(outer, x, jnp.ones_like(x))
+        return jnp.where(inner, jnp.ones_like(x), jnp.where(outer, 1.0 / x_out, mid))
+
+
 # --------------------------------------------------------------------------------------
 # pytree-level robustification
 
@@ -500,13 +576,14 @@ def gnc_solve(
     num_stages: int = 8,
     mu_init: Float[ArrayLike, ""] | None = None,
     mu_max_factor: float = 2.0,
+    mu_final: float = 1e3,
     block_ndim: int = 1,
     solver: Any = None,
     adjoint: Any = None,
     max_steps: int = 100,
     throw: bool = True,
 ):
-    r"""Graduated non-convexity: solve a robust problem by continuation in the kernel scale.
+    r"""Graduated non-convexity: solve a robust problem by continuation from a convex surrogate.
 
     ``residual_fn(x, params)`` returns the *raw* (non-robust) residual pytree; every leaf's
     trailing ``block_ndim`` axes form one block. Stage $k$ solves
@@ -524,8 +601,14 @@ def gnc_solve(
     $\mu_0 = \max(1, 2\max_b s_b / c^2)$ (``mu_max_factor = 2``, residuals at ``init``) is
     theirs. Each stage minimizes the surrogate directly with LM instead of their
     alternation of weighted least squares and closed-form weight updates; the fixed points
-    coincide. For :class:`Tukey` / :class:`Welsch` the same scale continuation is a
-    heuristic (no convexity guarantee for the first stage).
+    coincide. For :class:`Tukey`, :class:`Welsch` (or any other scaled kernel) the same scale
+    continuation is a heuristic (no convexity guarantee for the first stage).
+
+    For :class:`TruncatedLS` the continuation is GNC-TLS instead: the first $K-1$ stages use
+    :class:`GNCTruncatedLS` with $\mu$ increasing geometrically from
+    $\mu_0 = c^2/(2\max_b s_b - c^2)$ (no block saturated; ``mu_max_factor`` replaces the 2)
+    to ``mu_final``, and the last stage is TLS itself (its solution is the least-squares fit of
+    the blocks within $c$, found by GNC).
 
     The stages run in a ``lax.scan`` over a fixed number of stages, so ``gnc_solve`` jits and
     vmaps; under ``vmap`` ``mu_init`` is computed per problem.
@@ -535,17 +618,20 @@ def gnc_solve(
         init: initial value (any pytree accepted by ``jaxnlls.solve``).
         params: differentiable parameters passed to ``residual_fn``.
         loss: the target kernel (any :class:`AbstractScaledLoss`, typically
-            :class:`GemanMcClure`); its ``scale`` is the final scale $c$.
-        num_stages: number of stages $K$ (static), including the final $\mu = 1$ stage.
-        mu_init: $\mu_0$; default $\max(1, \text{mu\_max\_factor}\cdot\max_b s_b(\text{init})/c^2)$.
-        mu_max_factor: factor in the default $\mu_0$.
+            :class:`GemanMcClure` or :class:`TruncatedLS`); its ``scale`` is the final $c$.
+        num_stages: number of stages $K$ (static), including the final (target) stage.
+        mu_init: $\mu_0$; default $\max(1, f\max_b s_b(\text{init})/c^2)$ with
+            $f$ = ``mu_max_factor`` (GNC-TLS: $c^2/(f\max_b s_b - c^2)$, at most ``mu_final``).
+        mu_max_factor: factor $f$ in the default $\mu_0$.
+        mu_final: GNC-TLS only: $\mu$ of the last surrogate stage (static float).
         block_ndim: trailing axes per residual block (see :meth:`AbstractRobustLoss.apply`).
         solver, adjoint, max_steps: passed to every ``jaxnlls.solve`` call (``None`` keeps
             ``solve``'s defaults). ``max_steps`` is per stage.
         throw: applies to the final stage only (intermediate stages never throw).
 
     Returns:
-        The ``jaxnlls.Solution`` of the final ($\mu = 1$) stage; ``sol.stats`` are that stage's.
+        The ``jaxnlls.Solution`` of the final stage (the target kernel ``loss``);
+        ``sol.stats`` are that stage's.
 
     Differentiability:
         Only the final stage is differentiated: its warm start (the output of the earlier
@@ -572,8 +658,8 @@ def gnc_solve(
         solve_kwargs["adjoint"] = adjoint
 
     def robust_fn(x, args):
-        p, stage_loss = args
-        return robustify(stage_loss, residual_fn(x, p), block_ndim=block_ndim)
+        p, kernel = args
+        return robustify(kernel, residual_fn(x, p), block_ndim=block_ndim)
 
     leaves = jax.tree.leaves(residual_fn(init, params))
     if not leaves:
@@ -581,32 +667,57 @@ def gnc_solve(
     dtype = jnp.result_type(*leaves)
     scale = jnp.asarray(loss.scale).astype(dtype)
 
-    if mu_init is None:
+    def block_sq(leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim < block_ndim:
+            raise ValueError(
+                f"gnc_solve: a residual leaf has shape {leaf.shape} but block_ndim="
+                f"{block_ndim} needs at least {block_ndim} axes"
+            )
+        axes = tuple(range(leaf.ndim - block_ndim, leaf.ndim))
+        return jnp.max(jnp.sum(leaf * leaf, axis=axes), initial=0.0)
 
-        def block_sq(leaf):
-            leaf = jnp.asarray(leaf)
-            if leaf.ndim < block_ndim:
-                raise ValueError(
-                    f"gnc_solve: a residual leaf has shape {leaf.shape} but block_ndim="
-                    f"{block_ndim} needs at least {block_ndim} axes"
-                )
-            axes = tuple(range(leaf.ndim - block_ndim, leaf.ndim))
-            return jnp.max(jnp.sum(leaf * leaf, axis=axes), initial=0.0)
-
-        s_max = jnp.max(jnp.stack([block_sq(leaf) for leaf in leaves]))
-        mu0 = jnp.maximum(1.0, mu_max_factor * s_max / jnp.max(jnp.square(scale)))
-    else:
-        mu0 = jnp.asarray(mu_init, dtype=dtype)
-    mus = gnc_schedule(lax.stop_gradient(mu0), num_stages)
+    # the largest squared block norm at init sets the default mu_0
+    s_max = lax.stop_gradient(jnp.max(jnp.stack([block_sq(leaf) for leaf in leaves])))
+    c2 = jnp.max(jnp.square(scale))
     params_nograd = _stop_gradient_tree(params)
+    c_nograd = lax.stop_gradient(scale)
+
+    if isinstance(loss, TruncatedLS):
+        # GNC-TLS: mu increases from mu_0 = c^2 / (f s_max - c^2) (no block saturated) to
+        # mu_final; the final stage is TLS itself (mu = inf).
+        if mu_init is None:
+            excess = mu_max_factor * s_max - c2
+            mu0 = jnp.where(excess > 0, c2 / jnp.where(excess > 0, excess, 1.0), mu_final)
+            mu0 = jnp.minimum(mu0, mu_final)
+        else:
+            mu0 = jnp.asarray(mu_init, dtype=dtype)
+        mu0 = lax.stop_gradient(mu0)
+        frac = jnp.arange(num_stages - 1, dtype=dtype) / max(num_stages - 2, 1)
+        mus = mu0 * jnp.power(jnp.asarray(mu_final, dtype) / mu0, frac)
+
+        def stage_loss(mu):
+            return GNCTruncatedLS(c_nograd, mu)
+
+    else:
+        # scale continuation c sqrt(mu), mu from mu_0 down to 1 (the last, target stage)
+        if mu_init is None:
+            mu0 = jnp.maximum(1.0, mu_max_factor * s_max / c2)
+        else:
+            mu0 = jnp.asarray(mu_init, dtype=dtype)
+        mus = gnc_schedule(lax.stop_gradient(mu0), num_stages)[:-1]
+
+        def stage_loss(mu):
+            return loss.with_scale(c_nograd * jnp.sqrt(mu))
 
     def stage(x, mu):
-        stage_loss = loss.with_scale(lax.stop_gradient(scale) * jnp.sqrt(mu))
-        sol = jaxnlls.solve(robust_fn, x, (params_nograd, stage_loss), throw=False, **solve_kwargs)
+        sol = jaxnlls.solve(
+            robust_fn, x, (params_nograd, stage_loss(mu)), throw=False, **solve_kwargs
+        )
         return sol.value, None
 
     x = _stop_gradient_tree(init)
     if num_stages > 1:
-        x, _ = lax.scan(stage, x, mus[:-1])
+        x, _ = lax.scan(stage, x, mus)
         x = _stop_gradient_tree(x)
     return jaxnlls.solve(robust_fn, x, (params, loss), throw=throw, **solve_kwargs)
