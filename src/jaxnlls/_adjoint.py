@@ -118,8 +118,7 @@ def _gn_steps(problem, x, k, damping):
         lin = problem.linearize(x)
         g = lin.rmv(lin.residual)
         if isinstance(lin, DenseLinearization):
-            J = lin.as_matrix()
-            H = J.T @ J + damping * jnp.eye(J.shape[1], dtype=J.dtype)
+            H = lin.gram() + damping * jnp.eye(g.shape[0], dtype=g.dtype)
             delta = psd_solve(H, -g)[0]
         else:
             n = g.shape[0]

@@ -22,12 +22,13 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .linear import psd_solve
+from .linear._linearization import gram_t
 from .manifold import retract
 
 #: Hessians up to this size are materialized and factored; larger ones use CG.
 DENSE_MAX = 1024
 
-_ITERATIVE = (lx.CG, lx.NormalCG, lx.GMRES, lx.BiCGStab)
+_ITERATIVE = (lx.CG, lx.GMRES, lx.BiCGStab)  # (lx.NormalCG is a function returning a CG)
 
 
 def _zeros_for_none(cot, like):
@@ -103,8 +104,8 @@ def hessian_ops(flat, x_star, inputs, n, hessian: str):
             return jax.vjp(f, d0)[1](Jv)[0]
 
         def materialize():
-            J = jax.jacfwd(f)(d0)
-            return J.T @ J
+            jac_t = jax.vmap(lambda v: jax.jvp(f, (d0,), (v,))[1])(jnp.eye(n, dtype=dtype))
+            return gram_t(jac_t)
 
     return matvec, materialize
 
@@ -149,10 +150,10 @@ def _perturbed_solution(flat, x_star, inputs, n, v, eps_signed, iterations, damp
 
     def body(d, _):
         r, pull = jax.vjp(f, d)
-        J = jax.jacfwd(f)(d) if n <= DENSE_MAX else None
         g = pull(r)[0] + eps_signed * v
-        if J is not None:
-            H = J.T @ J + damping * jnp.eye(n, dtype=dtype)
+        if n <= DENSE_MAX:
+            jac_t = jax.vmap(lambda w: jax.jvp(f, (d,), (w,))[1])(jnp.eye(n, dtype=dtype))
+            H = gram_t(jac_t) + damping * jnp.eye(n, dtype=dtype)
             step = psd_solve(H, -g)[0]
         else:
             struct = jax.ShapeDtypeStruct((n,), dtype)

@@ -85,11 +85,11 @@ class DenseProblem(eqx.Module):
             mode = "fwd" if self.n <= self.m else "rev"
         if mode == "fwd":
             eye = jnp.eye(self.n, dtype=dtype)
-            r, J = jax.vmap(lambda v: jax.jvp(f, (d0,), (v,)), out_axes=(None, 1))(eye)
+            r, jac_t = jax.vmap(lambda v: jax.jvp(f, (d0,), (v,)), out_axes=(None, 0))(eye)
         else:
             r, pullback = jax.vjp(f, d0)
-            J = jax.vmap(lambda u: pullback(u)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
-        return DenseLinearization(r, J)
+            jac_t = jax.vmap(lambda u: pullback(u)[0], out_axes=1)(jnp.eye(r.shape[0], dtype=r.dtype))
+        return DenseLinearization(r, jac_t)
 
 
 def make_dense_problem(fn, x0, inputs, *, matrix: bool, jac: str = "auto") -> DenseProblem:

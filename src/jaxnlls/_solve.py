@@ -125,8 +125,7 @@ def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux
     result = state.result
     rank_deficient = jnp.asarray(False)
     if isinstance(state.lin, DenseLinearization):
-        J = jax.lax.stop_gradient(state.lin.jac)
-        rank_deficient = is_rank_deficient(J.T @ J)
+        rank_deficient = is_rank_deficient(jax.lax.stop_gradient(state.lin.gram()))
         result = jnp.where(
             rank_deficient & (result == RESULTS.successful), RESULTS.singular, result
         ).astype(jnp.int32)

@@ -12,7 +12,7 @@ import lineax as lx
 from jaxtyping import Array, Bool, Float
 
 from ._dense import psd_solve
-from ._linearization import AbstractLinearization
+from ._linearization import AbstractLinearization, DenseLinearization
 
 
 class AbstractStepSolver(eqx.Module):
@@ -39,10 +39,14 @@ class DenseCholesky(AbstractStepSolver):
     pseudo-inverse when it is not positive definite. The default for small problems."""
 
     def solve(self, lin, damping, rhs=None):
-        J = lin.as_matrix()
-        A = J.T @ J + jnp.diag(damping)
+        if isinstance(lin, DenseLinearization):
+            A = lin.gram()
+        else:  # any linearization that can materialize its Jacobian
+            J = lin.as_matrix()
+            A = J.T @ J
+        A = A + jnp.diag(damping)
         if rhs is None:
-            rhs = -(J.T @ lin.residual)
+            rhs = -lin.rmv(lin.residual)
         return psd_solve(A, rhs)
 
 

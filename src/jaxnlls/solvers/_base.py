@@ -145,12 +145,11 @@ class LevenbergMarquardt(AbstractSolver):
         damping = jnp.clip(damping, tiny, 1 / jnp.finfo(aux.damping.dtype).eps ** 2)
         return accept, LMState(damping, nu, aux.scale)
 
-    def rescale(self, aux, lin_new, accept):
-        """Marquardt scaling: running maximum of ``diag(JᵀJ)`` over accepted iterates."""
+    def rescale(self, aux, lin):
+        """Marquardt scaling: running maximum of ``diag(JᵀJ)`` over the iterates seen."""
         if not self.scaled:
             return aux
-        scale = jnp.where(accept, jnp.maximum(aux.scale, lin_new.gram_diag()), aux.scale)
-        return LMState(aux.damping, aux.nu, scale)
+        return LMState(aux.damping, aux.nu, jnp.maximum(aux.scale, lin.gram_diag()))
 
 
 class DoglegState(eqx.Module):
