@@ -24,7 +24,9 @@ DTYPE = jnp.float64 if X64 else jnp.float32
 # Zero-residual problems: "same cost" means both are at rounding level.
 ZERO_COST = 1e-20 if X64 else 1e-8
 COST_RTOL = 1e-9 if X64 else 2e-3
-X_RTOL = 1e-6 if X64 else 1e-2
+# On large-residual problems (Brown-Dennis) x is determined to ~1e-6 relative at tight
+# tolerances: the cost is flat to rounding within that distance.
+X_RTOL = 1e-5 if X64 else 1e-2
 X_ATOL = 1e-8 if X64 else 1e-3
 
 SOLVERS = {
@@ -35,16 +37,29 @@ SOLVERS = {
 SOLVER_TOL = 1e-12 if X64 else 1e-6
 MAX_STEPS = 500
 
-# Problems this solver does not solve from the standard start, and why (checked by hand;
-# these are method properties, not bugs). Filled in from observation.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+# (problem, solver) pairs that do not reach SciPy's minimum from the standard start, and why
+# (checked by hand: method properties, not bugs).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("biggs_exp6", "dogleg"): (
+        "dogleg drifts into the degenerate valley x1 ~ x2, |x3|, |x4| large and stops at a "
+        "rank-deficient stationary point with ||r||^2 ~ 0.18 (SciPy lm/trf and jaxnlls LM reach 0)"
+    ),
+}
 
 
-def _problems(float32_filter=True):
+# Run by default (each solve compiles separately, so the full zoo is marked slow): zero
+# residual (Rosenbrock, helical valley), nonzero residual (Bard, Osborne 1) and badly scaled
+# (Meyer). Every problem is still checked against its published minimum by default.
+FAST = {"rosenbrock", "helical_valley", "bard", "osborne1", "meyer_scaled"}
+
+
+def _problems(*, all_fast=False):
     for p in PROBLEMS:
-        marks = ()
-        if float32_filter and not X64 and not p.float32:
-            marks = (pytest.mark.skip(reason=f"{p.name} is too badly scaled for float32"),)
+        marks = []
+        if not X64 and not p.float32:
+            marks.append(pytest.mark.skip(reason=f"{p.name} is too badly scaled for float32"))
+        if not all_fast and p.name not in FAST:
+            marks.append(pytest.mark.slow)
         yield pytest.param(p, id=p.name, marks=marks)
 
 
@@ -75,7 +90,7 @@ def _same_cost(cost, ref, zero_residual):
     return abs(cost - ref) <= COST_RTOL * abs(ref)
 
 
-@pytest.mark.parametrize("problem", list(_problems()))
+@pytest.mark.parametrize("problem", list(_problems(all_fast=True)))
 def test_zoo_matches_published_minima(problem: ZooProblem, requires_x64):
     """The zoo's data and residuals are right: SciPy reaches the MGH-tabulated minima."""
     for method in ("lm", "trf"):

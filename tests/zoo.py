@@ -321,17 +321,23 @@ PROBLEMS: tuple[ZooProblem, ...] = (
         x_star=np.zeros(4), cost_star=0.0, unique_minimizer=False,
     ),
     ZooProblem(
+        # Undamped GN converges to another stationary point (x2 < 0, ||r||^2 = 4.24e-4).
         "kowalik_osborne", _kowalik_osborne, _a(0.25, 0.39, 0.415, 0.39), _KOWALIK_Y, False,
         x_star=_a(0.1928069, 0.1912823, 0.1230565, 0.1360623),
-        cost_star=0.5 * 3.07505603849e-4,
+        cost_star=0.5 * 3.07505603849e-4, gauss_newton=False,
     ),
     ZooProblem(
+        # Large residual: the Gauss-Newton model misses the second-order term, so undamped GN
+        # does not converge and dogleg converges only linearly (radius-limited steps).
         "brown_dennis", _brown_dennis, _a(25.0, 5.0, -5.0, -1.0), _a(1.0, 1.0), False,
         x_star=_a(-11.59444, 13.20363, -0.4034394, 0.2367787), cost_star=0.5 * 85822.2016263,
+        gauss_newton=False,
     ),
     ZooProblem(
+        # Zero at (1, 10, 1, 5, 4, 3) and at permutations of the exponential terms (SciPy's LM
+        # finds (4, 10, 3, 5, 1, 1)); undamped GN hits a singular J^T J from the standard start.
         "biggs_exp6", _biggs_exp6, _a(1.0, 2.0, 1.0, 1.0, 1.0, 1.0), _biggs_y(), True,
-        cost_star=0.0, unique_minimizer=False,
+        cost_star=0.0, unique_minimizer=False, gauss_newton=False,
     ),
     ZooProblem(
         "osborne1", _osborne1, _a(0.5, 1.5, -1.0, 0.01, 0.02), _OSBORNE1_Y, False,
@@ -343,7 +349,7 @@ PROBLEMS: tuple[ZooProblem, ...] = (
         _a(1.3, 0.65, 0.65, 0.7, 0.6, 3.0, 5.0, 7.0, 2.0, 4.5, 5.5), _OSBORNE2_Y, False,
         x_star=_a(1.309977, 0.4315538, 0.6336617, 0.5994305, 0.7541832, 0.9042886,
                   1.365811, 4.823699, 2.398685, 4.568875, 5.675342),
-        cost_star=0.5 * 4.01377362935e-2,
+        cost_star=0.5 * 4.01377362935e-2, gauss_newton=False,  # undamped GN overflows
     ),
     ZooProblem(
         "exp_decay", _exp_decay, _a(1.0, 1.0, 0.0), _exp_decay_y(), False,
