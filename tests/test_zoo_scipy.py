@@ -41,10 +41,16 @@ MAX_STEPS = 500
 # (checked by hand: method properties, not bugs).
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("biggs_exp6", "dogleg"): (
-        "dogleg drifts into the degenerate valley x1 ~ x2, |x3|, |x4| large and stops at a "
-        "rank-deficient stationary point with ||r||^2 ~ 0.18 (SciPy lm/trf and jaxnlls LM reach 0)"
+        "dogleg drifts into the degenerate valley x1 ~ x2, |x3|, |x4| large, where J^T J is "
+        "rank deficient, and stalls there (cost 0.13 after 500 steps, 0.09 after 1300 with a "
+        "singular J^T J); SciPy lm/trf and jaxnlls LM reach cost 0"
     ),
 }
+if not X64:
+    KNOWN_FAILURES[("brown_dennis", "dogleg")] = (
+        "large residual: dogleg converges only linearly and in float32 stops 3% from the "
+        "minimizer in x (cost agrees); LM matches SciPy"
+    )
 
 
 # Run by default (each solve compiles separately, so the full zoo is marked slow): zero
