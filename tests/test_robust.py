@@ -372,6 +372,20 @@ def test_scale_is_traced_leaf_and_dtype_follows_input():
     np.testing.assert_allclose(out[1], Cauchy(2.0).rho(s), rtol=1e-6)
 
 
+def test_per_block_scales():
+    """A scale per block (shape = the residual's batch shape) acts block by block."""
+    rng = np.random.default_rng(4)
+    r = rng.normal(size=(4, 3))
+    scales = np.asarray([0.3, 1.0, 2.0, 5.0])
+    for kernel in (Cauchy, Tukey, GemanMcClure):
+        out = jax.jit(lambda c, r, k=kernel: k(c).apply(r))(scales, r)
+        ref = np.stack([np.asarray(kernel(c).apply(r[i])) for i, c in enumerate(scales)])
+        np.testing.assert_allclose(out, ref, rtol=1e-6)
+        cost = kernel(scales).cost(r)
+        ref_cost = sum(float(kernel(c).cost(r[i])) for i, c in enumerate(scales))
+        np.testing.assert_allclose(cost, ref_cost, rtol=1e-6)
+
+
 def test_apply_errors():
     with pytest.raises(ValueError, match="block_ndim=2"):
         Huber().apply(jnp.ones(3), block_ndim=2)

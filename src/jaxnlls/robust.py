@@ -186,6 +186,9 @@ class AbstractRobustLoss(eqx.Module):
                 is its own block (e.g. ``(n_points,)`` line-fit residuals; equivalent to
                 ``r[..., None]`` with ``block_ndim=1``).
 
+        A batched ``scale`` (one per block) must have the shape of ``r``'s batch axes (or
+        broadcast to it with equal rank); a scalar scale applies to every block.
+
         Returns:
             An array of the same shape and dtype as ``r``.
 
@@ -205,8 +208,9 @@ class AbstractRobustLoss(eqx.Module):
                 f"needs at least {block_ndim} axes"
             )
         axes = tuple(range(r.ndim - block_ndim, r.ndim))
-        s = jnp.sum(r * r, axis=axes, keepdims=True)
-        return jnp.sqrt(self.rho_ratio(s)) * r
+        s = jnp.sum(r * r, axis=axes)  # shape: r's batch (so a batched scale lines up)
+        factor = jnp.sqrt(self.rho_ratio(s))
+        return jnp.reshape(factor, factor.shape + (1,) * block_ndim) * r
 
     def cost(self, r: Float[Array, "*batch *block"], *, block_ndim: int = 1) -> Float[Array, ""]:
         r"""Total robust cost $\tfrac12\sum_{\text{blocks}}\rho(\|r_b\|^2)$ of ``r``."""
