@@ -294,6 +294,31 @@ def test_apply_finite_at_zero_and_large(name, dtype):
         )
 
 
+def test_sqrt_robustification_jacobian_structure():
+    """The documented square-root Jacobian: d r'/d r = sqrt(rho/s) (I - n n^T)
+    + rho' sqrt(s/rho) n n^T (not Triggs' sqrt(rho') (I - alpha n n^T))."""
+    rng = np.random.default_rng(5)
+    n_dir = rng.normal(size=3)
+    n_dir /= np.linalg.norm(n_dir)
+    norms = np.asarray([0.2, 0.9, 1.5, 2.5, 6.0]) * SCALE  # inside and beyond the cutoffs
+    r = norms[:, None] * n_dir
+
+    @jax.jit
+    def jacobians(r):
+        return {k: jax.vmap(jax.jacfwd(_make(k).apply))(r) for k in KERNELS}
+
+    out = jacobians(r)
+    proj = np.outer(n_dir, n_dir)
+    for name, jac in out.items():
+        loss = _make(name)
+        s = jnp.asarray(norms**2)
+        rho, w = np.asarray(loss.rho(s)), np.asarray(loss.weight(s))
+        along = w * np.sqrt(norms**2 / rho)
+        across = np.sqrt(rho / norms**2)
+        expected = across[:, None, None] * (np.eye(3) - proj) + along[:, None, None] * proj
+        np.testing.assert_allclose(jac, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(
     "name", ["Tukey", "Welsch", "GemanMcClure", "TruncatedLS", "GNCTruncatedLS"]
