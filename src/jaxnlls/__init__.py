@@ -4,7 +4,18 @@
 leaves may be Lie-group elements, and differentiates through the solution.
 """
 
-from . import batching as batching, linear as linear, manifold as manifold, testing as testing
+from . import (
+    batching as batching,
+    factors as factors,
+    graph as graph,
+    io as io,
+    lie as lie,
+    linear as linear,
+    manifold as manifold,
+    robust as robust,
+    testing as testing,
+    weights as weights,
+)
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     DirectLossAdjoint as DirectLossAdjoint,
@@ -15,6 +26,7 @@ from ._adjoint import (
 )
 from ._solution import RESULTS as RESULTS, Solution as Solution, Stats as Stats
 from ._solve import solve as solve
+from .graph import FactorGraph as FactorGraph, Var as Var, VarValues as VarValues, factor as factor
 from .linear import CG as CG, QR as QR, DenseCholesky as DenseCholesky
 from .solvers import (
     AbstractSolver as AbstractSolver,
