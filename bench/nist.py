@@ -99,9 +99,12 @@ def main(argv=None) -> int:
     for name in names:
         problem = nist.load(args.data / f"{name}.dat")
         for start in (1, 2):
-            rows.append(run_one(problem, start, nist.solver_settings(name, start), args.repeats))
+            settings = nist.solver_settings(name, start)
+            rows.append(run_one(problem, start, settings, args.repeats))
 
-    header = ("problem", "start", "LRE b (min)", "LRE RSS", "steps", "scaled", "compile s", "solve ms")
+    header = (
+        "problem", "start", "LRE b (min)", "LRE RSS", "steps", "scaled", "compile s", "solve ms"
+    )
     lines = []
     for r in rows:
         lre_rss = "RSS<1e-20" if r["lre_rss"] == float("inf") else f"{r['lre_rss']:.1f}"
