@@ -1,0 +1,382 @@
+#!/usr/bin/env python
+"""Pose-graph benchmark: jaxnlls vs GTSAM (and Theseus) in the same run, plus batched graphs.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/pgo.py                          # all problems, GTSAM in the same run
+    .venv/bin/python bench/pgo.py --problems intel,M3500 --theseus
+    .venv/bin/python bench/pgo.py --batched-only           # 256 generated 128-pose graphs
+    .venv/bin/python bench/pgo.py --json-out /tmp/pgo.json
+
+jaxnlls side (this venv, float64, CPU unless JAX finds an accelerator): ``FactorGraph`` of
+between factors built from ``jaxnlls.io``, default solver (LM, ``rtol=1e-10``, ``atol=1e-12``,
+auto linear solver: sparse Cholesky for these sizes on CPU), at most ``--max-steps`` iterations.
+Reported separately: read (file parsing), build (``FactorGraph.build``), first call (compile +
+solve), steady-state solve (median of ``--repeats`` after the first call, ``block_until_ready``),
+iterations and the final cost recomputed with the numpy residual of ``PoseGraph``.
+
+GTSAM side: ``/work/shared/peers/b1_pgo.py --solvers gtsam_lm`` run as a subprocess with the
+peers' Python (GTSAM LM, *default* tolerances 1e-5, max 100 iterations, unit prior on pose 0),
+the peers' own measurement. ``--theseus`` adds ``theseus_gn`` (Theseus Gauss-Newton with CHOLMOD,
+its fastest converging configuration in peers/BASELINE.md) the same way. The tight GTSAM optimum
+of ``bench/reference_costs.json`` is the accuracy target (``rel`` column).
+
+Batched: 256 random 2D pose graphs (128 poses: odometry chain + 64 loop closures, noisy
+measurements) sharing one structure, solved by one ``jit(vmap(solve))``; forward time per graph,
+and the backward time per graph of ``grad`` (implicit adjoint) of a loss on the solutions with
+respect to every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
+B1 = REPO.parent / "shared" / "peers" / "b1_pgo.py"
+REFERENCE = REPO / "bench" / "reference_costs.json"
+
+PROBLEMS = {
+    "intel": "pgo2d/intel.g2o",
+    "M3500": "pgo2d/input_M3500_g2o.g2o",
+    "city10000": "pgo2d/city10000.g2o",
+    "sphere2500": "pgo3d/sphere2500.g2o",
+    "parking-garage": "pgo3d/parking-garage.g2o",
+    "sphere_bignoise": "pgo3d/sphere_bignoise_vertex3.g2o",
+}
+
+
+def run_jaxnlls(rel: str, repeats: int, max_steps: int) -> dict:
+    from jaxnlls.io import group_to_poses, pose_graph_to_factor_graph, read_pose_graph
+
+    t0 = time.perf_counter()
+    pg = read_pose_graph(DATA / rel)
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fg, init, pose_t = pose_graph_to_factor_graph(pg)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sol = fg.solve(init, max_steps=max_steps, throw=False)
+    jax.block_until_ready(sol)
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sol = fg.solve(init, max_steps=max_steps, throw=False)
+        jax.block_until_ready(sol)
+        times.append(time.perf_counter() - t0)
+    solve_s = statistics.median(times)
+    cost = pg.cost(group_to_poses(sol.value.get(pose_t)))
+    return {
+        "iterations": int(sol.stats.steps),
+        "result": int(sol.result),
+        "initial_cost": float(sol.stats.initial_cost),
+        "final_cost": cost,
+        "read_s": read_s,
+        "build_s": build_s,
+        "first_call_s": first_s,
+        "compile_s": max(first_s - solve_s, 0.0),
+        "solve_s": solve_s,
+        "times": times,
+        "first_solution_s": read_s + build_s + first_s,
+        "linear_solver": type(_default_linear_solver(fg)).__name__,
+    }
+
+
+def _default_linear_solver(fg):
+    from jaxnlls.graph import auto_linear_solver
+
+    return auto_linear_solver(fg.structure)
+
+
+def run_peer(rel: str, solver: str, repeats: int, timeout: float) -> dict:
+    """One peer solver via ``b1_pgo.py --solver NAME`` (its per-solver subprocess mode)."""
+    if not PEERS_PY.exists():
+        return {"error": f"{PEERS_PY} missing"}
+    cmd = [
+        str(PEERS_PY),
+        str(B1),
+        "--solver",
+        solver,
+        "--problem",
+        rel,
+        "--data-dir",
+        str(DATA),
+        "--repeats",
+        str(repeats),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not res:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    r = json.loads(res[-1][len("RESULT ") :])
+    return {
+        "iterations": int(r["iters"]),
+        "final_cost": float(r["final_cost"]),
+        "solve_s": float(r["solve_median_s"]),
+        "times": r["times"],
+        "compile_s": r.get("compile_s"),
+        "build_s": r.get("build_s"),
+        "peak_rss_mb": r.get("peak_rss_mb"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# batched: 256 generated pose graphs of 128 poses
+# --------------------------------------------------------------------------------------------
+
+
+def _generated_batch(n_graphs: int, n_poses: int, n_loops: int, seed: int = 0):
+    from jaxnlls.io._se_numpy import se2_compose, se2_inverse
+
+    rng = np.random.default_rng(seed)
+    odo = [(k, k + 1) for k in range(n_poses - 1)]
+    loops = set()
+    while len(loops) < n_loops:
+        a, b = sorted(rng.integers(0, n_poses, 2).tolist())
+        if b - a > 2:
+            loops.add((a, b))
+    edges = np.asarray(odo + sorted(loops), dtype=np.int64)
+    steps = (
+        np.column_stack(
+            [
+                rng.uniform(0.5, 1.5, (n_graphs, n_poses - 1)),
+                rng.normal(0, 0.2, (n_graphs, n_poses - 1)),
+                rng.normal(0, 0.3, (n_graphs, n_poses - 1)),
+            ]
+        )
+        .reshape(n_graphs, 3, n_poses - 1)
+        .transpose(0, 2, 1)
+    )
+    truth = np.zeros((n_graphs, n_poses, 3))
+    for k in range(n_poses - 1):
+        truth[:, k + 1] = se2_compose(truth[:, k], steps[:, k])
+    sigma = np.array([0.05, 0.05, 0.02])
+    z = se2_compose(se2_inverse(truth[:, edges[:, 0]]), truth[:, edges[:, 1]])
+    z = z + rng.normal(size=z.shape) * sigma
+    init = np.zeros_like(truth)  # dead reckoning from the noisy odometry
+    for k in range(n_poses - 1):
+        init[:, k + 1] = se2_compose(init[:, k], z[:, k])
+    return edges, z, init, np.diag(1.0 / sigma)
+
+
+def run_batched(n_graphs: int, n_poses: int, n_loops: int, repeats: int, max_steps: int) -> dict:
+    import jax.numpy as jnp
+
+    import jaxnlls
+    from jaxnlls.io import PoseGraph, pose_graph_to_factor_graph
+    from jaxnlls.lie import SE2
+
+    edges, z, init, sqrt_info = _generated_batch(n_graphs, n_poses, n_loops)
+    info = np.broadcast_to(sqrt_info.T @ sqrt_info, (len(edges), 3, 3)).copy()
+    template = PoseGraph(
+        dim=2,
+        ids=np.arange(n_poses),
+        poses=init[0],
+        edges=edges,
+        measurements=z[0],
+        information=info,
+    )
+    t0 = time.perf_counter()
+    fg, init0, pose_t = pose_graph_to_factor_graph(template)
+    build_s = time.perf_counter() - t0
+    ((args0, loss0),) = fg.data  # one factor group: (None, None, z: SE2, sqrt_info), no robust loss
+    sqrt_l = args0[3]
+
+    def to_params(p):
+        return SE2.from_xy_theta(p[..., 0], p[..., 1], p[..., 2]).params
+
+    z_params = to_params(jnp.asarray(z))  # (B, E, 4)
+    x0_params = to_params(jnp.asarray(init))  # (B, N, 4)
+
+    def solve_one(zp, xp):
+        data = (((None, None, SE2(zp), sqrt_l), loss0),)
+        sol = fg.solve(init0.replace(pose_t, SE2(xp)), data, max_steps=max_steps, throw=False)
+        return sol.value.get(pose_t).params, sol.result, sol.stats.steps, sol.stats.final_cost
+
+    fwd = jax.jit(jax.vmap(solve_one))
+
+    def loss(zp, xp):
+        params = jax.vmap(solve_one)(zp, xp)[0]
+        return jnp.mean(jnp.sum(params[..., 2:] ** 2, axis=-1))
+
+    fwd_bwd = jax.jit(jax.value_and_grad(loss))
+
+    def timed(fn, *a):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*a))
+        first = time.perf_counter() - t0
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(*a))
+            ts.append(time.perf_counter() - t0)
+        return out, first, statistics.median(ts)
+
+    (xs, res, steps, costs), fwd_first, fwd_s = timed(fwd, z_params, x0_params)
+    (_, g), fb_first, fb_s = timed(fwd_bwd, z_params, x0_params)
+    ok = np.asarray(res) == jaxnlls.RESULTS.successful
+    return {
+        "n_graphs": n_graphs,
+        "n_poses": n_poses,
+        "n_edges": int(len(edges)),
+        "build_s": build_s,
+        "linear_solver": type(_default_linear_solver(fg)).__name__,
+        "converged": int(ok.sum()),
+        "max_iterations": int(np.max(steps)),
+        "mean_iterations": float(np.mean(steps)),
+        "mean_final_cost": float(np.mean(costs)),
+        "fwd_compile_s": max(fwd_first - fwd_s, 0.0),
+        "fwd_s": fwd_s,
+        "fwd_per_graph_ms": 1e3 * fwd_s / n_graphs,
+        "fwd_bwd_compile_s": max(fb_first - fb_s, 0.0),
+        "fwd_bwd_s": fb_s,
+        "bwd_per_graph_ms": 1e3 * max(fb_s - fwd_s, 0.0) / n_graphs,
+        "grad_finite": bool(np.all(np.isfinite(np.asarray(g)))),
+    }
+
+
+def _ratio(a, b) -> str:
+    if a is None or b is None or not b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--problems", default=",".join(PROBLEMS), help=f"subset of {','.join(PROBLEMS)}"
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=100)
+    ap.add_argument("--no-gtsam", action="store_true")
+    ap.add_argument("--theseus", action="store_true", help="also run theseus_gn (slow)")
+    ap.add_argument("--peer-timeout", type=float, default=900.0)
+    ap.add_argument("--batched-only", action="store_true")
+    ap.add_argument("--no-batched", action="store_true")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch-poses", type=int, default=128)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+
+    refs = json.loads(REFERENCE.read_text())["problems"] if REFERENCE.exists() else {}
+    out = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "problems": {},
+    }
+    names = [] if args.batched_only else [n for n in args.problems.split(",") if n]
+    for name in names:
+        rel = PROBLEMS[name]
+        row = {"file": rel, "jaxnlls": run_jaxnlls(rel, args.repeats, args.max_steps)}
+        if not args.no_gtsam:
+            row["gtsam_lm"] = run_peer(rel, "gtsam_lm", args.repeats, args.peer_timeout)
+        if args.theseus:
+            row["theseus_gn"] = run_peer(rel, "theseus_gn", 1, args.peer_timeout)
+        row["reference_cost"] = refs.get(rel, {}).get("reference_cost")
+        out["problems"][name] = row
+        j = row["jaxnlls"]
+        print(
+            f"{name}: jaxnlls {j['iterations']} it, cost {j['final_cost']:.10g}, solve "
+            f"{j['solve_s']:.3f} s, compile {j['compile_s']:.1f} s, build {j['build_s']:.2f} s"
+            + (
+                f"; gtsam {row['gtsam_lm'].get('solve_s', float('nan')):.3f} s"
+                if "gtsam_lm" in row
+                else ""
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+    if names:
+        print(table(out["problems"]))
+    if not args.no_batched:
+        b = run_batched(
+            args.batch, args.batch_poses, args.batch_poses // 2, args.repeats, args.max_steps
+        )
+        out["batched"] = b
+        print(
+            f"\nbatched: {b['n_graphs']} graphs x {b['n_poses']} poses ({b['n_edges']} edges), "
+            f"{b['linear_solver']}, converged {b['converged']}/{b['n_graphs']}, iterations max "
+            f"{b['max_iterations']} (mean {b['mean_iterations']:.1f})\n"
+            f"  forward  {b['fwd_s']:.3f} s total = {b['fwd_per_graph_ms']:.3f} ms/graph "
+            f"(compile {b['fwd_compile_s']:.1f} s)\n"
+            f"  backward {b['fwd_bwd_s'] - b['fwd_s']:.3f} s total = {b['bwd_per_graph_ms']:.3f} "
+            f"ms/graph (fwd+bwd {b['fwd_bwd_s']:.3f} s, compile {b['fwd_bwd_compile_s']:.1f} s), "
+            f"grad finite: {b['grad_finite']}"
+        )
+    out["load_avg_end"] = os.getloadavg()
+    if args.json_out:
+        pathlib.Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def _f(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def table(problems: dict) -> str:
+    cols = [
+        "problem",
+        "jaxnlls it",
+        "jaxnlls cost",
+        "rel. to ref",
+        "solve s",
+        "compile s",
+        "build s",
+        "first solution s",
+        "GTSAM it",
+        "GTSAM cost",
+        "GTSAM s",
+        "jaxnlls/GTSAM time",
+        "Theseus GN s",
+        "Theseus/jaxnlls time",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, row in problems.items():
+        j, g, t = row["jaxnlls"], row.get("gtsam_lm", {}), row.get("theseus_gn", {})
+        ref = row.get("reference_cost")
+        cells = [
+            name,
+            str(j["iterations"]),
+            f"{j['final_cost']:.8g}",
+            f"{(j['final_cost'] - ref) / ref:+.1e}" if ref else "-",
+            f"{j['solve_s']:.3f}",
+            f"{j['compile_s']:.1f}",
+            f"{j['build_s']:.2f}",
+            f"{j['first_solution_s']:.1f}",
+            str(g.get("iterations", "-")),
+            _f(g.get("final_cost"), ".8g") if "error" not in g else "FAILED: " + g["error"],
+            _f(g.get("solve_s"), ".3f"),
+            _ratio(j["solve_s"], g.get("solve_s")),
+            _f(t.get("solve_s"), ".3f") if "error" not in t else "FAILED: " + t["error"],
+            _ratio(t.get("solve_s"), j["solve_s"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
