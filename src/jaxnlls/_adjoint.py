@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import lineax as lx
 
 from . import _implicit
-from ._iterate import LoopState, run
+from ._iterate import LoopState, gradient, run
 from ._misc import stop_gradient_arrays
 from .solvers import AbstractSolver
 
@@ -116,7 +116,7 @@ def _gn_steps(problem, x, k, damping):
 
     def body(x, _):
         lin = problem.linearize(x)
-        g = lin.rmv(lin.residual)
+        g = gradient(lin)
         if isinstance(lin, DenseLinearization):
             H = lin.gram() + damping * jnp.eye(g.shape[0], dtype=g.dtype)
             delta = psd_solve(H, -g)[0]

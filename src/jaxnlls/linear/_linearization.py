@@ -54,33 +54,56 @@ def gram_t(jac_t: Float[Array, "n m"]) -> Float[Array, "n n"]:
 
 
 class DenseLinearization(AbstractLinearization):
-    """A dense Jacobian, stored transposed (``jac_t = Jᵀ``, shape ``(n, m)``).
+    """A dense Jacobian, stored transposed (``jac_t = Jᵀ``, shape ``(n, m)``), with ``JᵀJ``.
 
     The transposed layout is what forward-mode autodiff produces (one row per tangent
     direction) and keeps the residual axis contiguous for the products below.
+    :meth:`compact` drops ``jac_t`` and keeps only ``r``, ``JᵀJ`` and ``Jᵀr``, which is all a
+    Cholesky-based solver needs: the solve loop carries that, so a batch of Jacobians never
+    travels through the loop under ``vmap``.
     """
 
     residual: Float[Array, " m"]
-    jac_t: Float[Array, "n m"]
+    jac_t: Float[Array, "n m"] | None
+    gram_matrix: Float[Array, "n n"]
+    jtr: Float[Array, " n"]
+
+    def __init__(self, residual, jac_t, gram_matrix=None, jtr=None):
+        self.residual = residual
+        self.jac_t = jac_t
+        self.gram_matrix = gram_t(jac_t) if gram_matrix is None else gram_matrix
+        self.jtr = jac_t @ residual if jtr is None else jtr
+
+    def compact(self) -> DenseLinearization:
+        return DenseLinearization(self.residual, None, self.gram_matrix, self.jtr)
+
+    def _need_jac(self):
+        if self.jac_t is None:
+            raise ValueError("this linearization was compacted; its Jacobian is not available")
+        return self.jac_t
 
     def mv(self, v):
-        return self.jac_t.T @ v
+        return self._need_jac().T @ v
 
     def rmv(self, u):
-        return self.jac_t @ u
+        return self._need_jac() @ u
 
     def gram(self):
-        return gram_t(self.jac_t)
+        return self.gram_matrix
+
+    def quad(self, v):
+        """``‖J v‖²`` from ``JᵀJ`` (works on a compacted linearization)."""
+        return v @ (self.gram_matrix @ v)
 
     def gram_diag(self):
-        return jnp.sum(self.jac_t * self.jac_t, axis=-1)
+        return jnp.diagonal(self.gram_matrix)
 
     def as_matrix(self):
-        return self.jac_t.T
+        return self._need_jac().T
 
     @property
     def tangent_size(self) -> int:
-        return self.jac_t.shape[0]
+        return self.gram_matrix.shape[0]
 
 
 class MatrixFreeLinearization(AbstractLinearization):

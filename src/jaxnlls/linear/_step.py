@@ -46,7 +46,7 @@ class DenseCholesky(AbstractStepSolver):
             A = J.T @ J
         A = A + jnp.diag(damping)
         if rhs is None:
-            rhs = -lin.rmv(lin.residual)
+            rhs = -(lin.jtr if isinstance(lin, DenseLinearization) else lin.rmv(lin.residual))
         return psd_solve(A, rhs)
 
 

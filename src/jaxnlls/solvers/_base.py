@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._misc import safe_div, safe_norm
-from ..linear import AbstractLinearization, AbstractStepSolver, DenseCholesky
+from ..linear import AbstractLinearization, AbstractStepSolver, DenseCholesky, DenseLinearization
 
 
 class AbstractSolver(eqx.Module):
@@ -183,8 +183,12 @@ class Dogleg(AbstractSolver):
         gn, ok = self.linear_solver.solve(lin, jnp.zeros(n, grad.dtype), -grad)
         radius = aux.radius
         gnorm = safe_norm(grad)
-        Jg = lin.mv(grad)
-        alpha = safe_div(gnorm**2, jnp.sum(Jg * Jg))
+        if isinstance(lin, DenseLinearization):
+            jg2 = lin.quad(grad)
+        else:
+            Jg = lin.mv(grad)
+            jg2 = jnp.sum(Jg * Jg)
+        alpha = safe_div(gnorm**2, jg2)
         sd = -alpha * grad
         sd_norm = alpha * gnorm
         gn_norm = safe_norm(gn)
