@@ -78,7 +78,7 @@ def test_model_at_certified_values(name, shared_data, requires_x64):
         assert rss < 1e-18
     else:
         assert log_relative_error(rss, p.certified_rss) >= 9, (rss, p.certified_rss)
-    jac = np.asarray(jax.jacfwd(p.residual)(b, data))
+    jac = np.asarray(jax.jit(jax.jacfwd(p.residual))(b, data))
     assert jac.shape == (p.y.shape[0], p.n_params)
     assert np.all(np.linalg.norm(jac, axis=0) > 0)  # every parameter enters the model
     # Stationarity relative to the scale of J^T r: |J^T r| / (|J| |r|) is at rounding level.

@@ -53,18 +53,17 @@ if not X64:
     )
 
 
-# Run by default (each solve compiles separately, so the full zoo is marked slow): zero
-# residual (Rosenbrock, helical valley), nonzero residual (Bard, Osborne 1) and badly scaled
-# (Meyer). Every problem is still checked against its published minimum by default.
-FAST = {"rosenbrock", "helical_valley", "bard", "osborne1", "meyer_scaled"}
+# Run by default (each solve compiles separately, so the rest of the zoo is marked slow): zero
+# residual (Rosenbrock), nonzero residual (Bard, Osborne 1) and badly scaled (Meyer).
+FAST = {"rosenbrock", "bard", "osborne1", "meyer_scaled"}
 
 
-def _problems(*, all_fast=False):
+def _problems():
     for p in PROBLEMS:
         marks = []
         if not X64 and not p.float32:
             marks.append(pytest.mark.skip(reason=f"{p.name} is too badly scaled for float32"))
-        if not all_fast and p.name not in FAST:
+        if p.name not in FAST:
             marks.append(pytest.mark.slow)
         yield pytest.param(p, id=p.name, marks=marks)
 
@@ -96,7 +95,7 @@ def _same_cost(cost, ref, zero_residual):
     return abs(cost - ref) <= COST_RTOL * abs(ref)
 
 
-@pytest.mark.parametrize("problem", list(_problems(all_fast=True)))
+@pytest.mark.parametrize("problem", list(_problems()))
 def test_zoo_matches_published_minima(problem: ZooProblem, requires_x64):
     """The zoo's data and residuals are right: SciPy reaches the MGH-tabulated minima."""
     for method in ("lm", "trf"):
