@@ -23,6 +23,7 @@ from ._utils import (
     cross,
     hat3,
     jr_inv_coeff,
+    mm,
     normalize_last,
     one_minus_cos_over_sq,
     q_coeff2,
@@ -46,15 +47,14 @@ def _barfoot_q(rho: Array, phi: Array) -> Array:
     c3 = q_coeff3(t2)[..., None, None]
     rx = hat3(rho)
     px = hat3(phi)
-    pr = px @ rx
-    rp = rx @ px
-    prp = pr @ px
-    pp = px @ px
+    pr = mm(px, rx)
+    rp = mm(rx, px)
+    prp = mm(pr, px)
     return (
         0.5 * rx
         + c1 * (pr + rp + prp)
-        + c2 * (px @ pr + rp @ px - 3.0 * prp)
-        + c3 * (prp @ px + px @ prp)
+        + c2 * (mm(px, pr) + mm(rp, px) - 3.0 * prp)
+        + c3 * (mm(prp, px) + mm(px, prp))
     )
 
 
@@ -71,7 +71,7 @@ def se3_jac_right_inv(tangent: Array) -> Array:
     v, w = tangent[..., :3], tangent[..., 3:]
     ji = so3_jac_right_inv(w)
     q = _barfoot_q(-v, -w)
-    top = jnp.concatenate([ji, -(ji @ q @ ji)], axis=-1)
+    top = jnp.concatenate([ji, -mm(mm(ji, q), ji)], axis=-1)
     bottom = jnp.concatenate([jnp.zeros_like(ji), ji], axis=-1)
     return jnp.concatenate([top, bottom], axis=-2)
 
@@ -147,7 +147,7 @@ class SE3(AbstractLieGroup):
     def adjoint(self) -> Float[Array, "*batch 6 6"]:
         """``[[R, t̂ R], [0, R]]`` for tangent order ``(v, ω)``."""
         r = quat_to_matrix(self.params[..., :4])
-        tr = hat3(self.params[..., 4:]) @ r
+        tr = mm(hat3(self.params[..., 4:]), r)
         top = jnp.concatenate([r, tr], axis=-1)
         bottom = jnp.concatenate([jnp.zeros_like(r), r], axis=-1)
         return jnp.concatenate([top, bottom], axis=-2)

@@ -19,8 +19,6 @@ from ._base import (
 )
 from ._utils import (
     as_float,
-    eye_like,
-    hat3,
     jr_inv_coeff,
     normalize_last,
     one_minus_cos_over_sq,
@@ -78,21 +76,30 @@ def quat_log(q: Array) -> Array:
     return factor[..., None] * v
 
 
+def _lin3(a: Array, b: Array, c: Array, w: Array) -> Array:
+    """``a I + b ŵ + c w wᵀ`` built entry by entry (one fused elementwise kernel)."""
+    x, y, z = w[..., 0], w[..., 1], w[..., 2]
+    rows = [
+        jnp.stack([a + c * x * x, -b * z + c * x * y, b * y + c * x * z], -1),
+        jnp.stack([b * z + c * y * x, a + c * y * y, -b * x + c * y * z], -1),
+        jnp.stack([-b * y + c * z * x, b * x + c * z * y, a + c * z * z], -1),
+    ]
+    return jnp.stack(rows, -2)
+
+
 def so3_jac_right(omega: Array) -> Array:
-    """``J_r(ω) = I - (1 - cos θ)/θ² ω̂ + (θ - sin θ)/θ³ ω̂²``."""
+    """``J_r(ω) = I - (1 - cos θ)/θ² ω̂ + (θ - sin θ)/θ³ ω̂²`` (with ``ω̂² = ωωᵀ - θ² I``)."""
     t2 = sum_sq(omega)
-    b = one_minus_cos_over_sq(t2)[..., None, None]
-    c = theta_minus_sin_over_cube(t2)[..., None, None]
-    wh = hat3(omega)
-    return eye_like(omega, 3) - b * wh + c * (wh @ wh)
+    b = one_minus_cos_over_sq(t2)
+    c = theta_minus_sin_over_cube(t2)
+    return _lin3(1.0 - c * t2, -b, c, omega)
 
 
 def so3_jac_right_inv(omega: Array) -> Array:
     """``J_r⁻¹(ω) = I + ½ ω̂ + (1/θ² - (1 + cos θ)/(2 θ sin θ)) ω̂²`` (finite up to ``θ < 2π``)."""
     t2 = sum_sq(omega)
-    d = jr_inv_coeff(t2)[..., None, None]
-    wh = hat3(omega)
-    return eye_like(omega, 3) + 0.5 * wh + d * (wh @ wh)
+    d = jr_inv_coeff(t2)
+    return _lin3(1.0 - d * t2, jnp.full_like(t2, 0.5), d, omega)
 
 
 def _rpy_to_quat(roll: Array, pitch: Array, yaw: Array) -> Array:
