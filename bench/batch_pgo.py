@@ -1,0 +1,175 @@
+"""4,096 small SE(2) pose graphs solved at once: ``jax.vmap(jaxnlls.solve)`` over SE2 variables.
+
+Problem (reimplemented from the B2 anchor's ``make_pgo2d``: same distribution, same seed
+semantics, float64): 10 poses on a circle of radius 5, 10 odometry edges (loop 9→0) + 2 chords
+(0→5, 2→7), measurement noise σ_t = 0.05, σ_r = 0.02, unit-weight prior on pose 0, start from
+dead-reckoned odometry. Residual ``Log(Z⁻¹ Xi⁻¹ Xj) / σ`` and ``Log(P⁻¹ X0)``.
+
+Reported: problems/s = B / median solve time (jit, compile apart, ``block_until_ready``), steps
+(max over the batch: a vmapped while_loop runs until the slowest member stops), mean final cost
+``½‖r‖²``. Peers (Theseus GN/LM) run in the same invocation via
+``<peers-python> ../shared/peers/b2_batched.py --problems pgo2d --solvers ...``.
+
+Usage: python bench/batch_pgo.py [--batch 4096] [--repeats 5] [--peers theseus_gn,theseus_lm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # bench script (not library code): float64 like peers
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxnlls  # noqa: E402
+from jaxnlls.lie import SE2  # noqa: E402
+
+N_POSES = 10
+SIG_T, SIG_R = 0.05, 0.02
+PEERS_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "peers" / "b2_batched.py"
+
+
+def _se2_compose(p, q):
+    c, s = np.cos(p[..., 2]), np.sin(p[..., 2])
+    th = p[..., 2] + q[..., 2]
+    return np.stack([p[..., 0] + c * q[..., 0] - s * q[..., 1],
+                     p[..., 1] + s * q[..., 0] + c * q[..., 1],
+                     np.arctan2(np.sin(th), np.cos(th))], -1)
+
+
+def _se2_between(p, q):
+    c, s = np.cos(p[..., 2]), np.sin(p[..., 2])
+    dx, dy, dth = q[..., 0] - p[..., 0], q[..., 1] - p[..., 1], q[..., 2] - p[..., 2]
+    return np.stack([c * dx + s * dy, -s * dx + c * dy, np.arctan2(np.sin(dth), np.cos(dth))], -1)
+
+
+def make_pgo2d(batch: int, seed: int = 1):
+    """edges (E, 2), meas (B, E, 3) as (x, y, θ), init (B, N, 3), prior (B, 3)."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(N_POSES)
+    ang = 2 * np.pi * k / N_POSES
+    gt = np.stack([5 * np.cos(ang), 5 * np.sin(ang), ang + np.pi / 2], -1)
+    gt = np.broadcast_to(gt, (batch, N_POSES, 3)).copy()
+    edges = np.array([(i, (i + 1) % N_POSES) for i in range(N_POSES)] + [(0, 5), (2, 7)])
+    meas = _se2_between(gt[:, edges[:, 0]], gt[:, edges[:, 1]])
+    meas = meas + rng.standard_normal(meas.shape) * np.array([SIG_T, SIG_T, SIG_R])
+    init = np.zeros_like(gt)
+    init[:, 0] = gt[:, 0]
+    for i in range(N_POSES - 1):
+        init[:, i + 1] = _se2_compose(init[:, i], meas[:, i])
+    return edges, meas, init, gt[:, 0].copy()
+
+
+def _xyt(a):
+    a = jnp.asarray(a)
+    return SE2.from_xy_theta(a[..., 0], a[..., 1], a[..., 2])
+
+
+def make_residual(edges):
+    ei, ej = jnp.asarray(edges[:, 0]), jnp.asarray(edges[:, 1])
+    w = jnp.asarray([1 / SIG_T, 1 / SIG_T, 1 / SIG_R])
+
+    def residual(x: SE2, data):
+        z, prior = data
+        between = (z.inverse() @ (x[ei].inverse() @ x[ej])).log() * w[None, :]
+        return between, prior.local(x[0])
+
+    return residual
+
+
+def run_jaxnlls(method: str, batch: int, repeats: int) -> dict:
+    edges, meas, init, prior = make_pgo2d(batch)
+    residual = make_residual(edges)
+    solver = (jaxnlls.GaussNewton(rtol=1e-8, atol=1e-8) if method == "gn"
+              else jaxnlls.LevenbergMarquardt(rtol=1e-8, atol=1e-8))
+
+    def one(x0, z, p):
+        sol = jaxnlls.solve(residual, x0, (z, p), solver=solver, max_steps=50, throw=False)
+        r = residual(sol.value, (z, p))
+        cost = 0.5 * sum(jnp.sum(ri**2) for ri in r)
+        return cost, sol.stats.steps, sol.result
+
+    f = jax.jit(jax.vmap(one))
+    args = (_xyt(init), _xyt(meas), _xyt(prior))
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cost, steps, result = jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    ok = float(jnp.mean(result == jaxnlls.RESULTS.successful))
+    return dict(solver=f"jaxnlls_{method}", iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
+                compile_s=max(first - med, 0.0), seconds=med, problems_per_s=batch / med,
+                success=ok)
+
+
+def run_peers(python: str, solvers: str, batch: int, repeats: int) -> list[dict]:
+    if not (os.path.exists(python) and PEERS_SCRIPT.exists()):
+        print("peers unavailable (no interpreter or script)", file=sys.stderr)
+        return []
+    out = pathlib.Path(__file__).resolve().parent / ".peer_b2_pgo2d.json"
+    cmd = [python, str(PEERS_SCRIPT), "--problems", "pgo2d", "--solvers", solvers,
+           "--batch", str(batch), "--repeats", str(repeats), "--json-out", str(out)]
+    print("running peers:", " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0 or not out.exists():
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return []
+    rows = json.loads(out.read_text())
+    out.unlink()
+    res = []
+    for r in rows:
+        if "times" not in r:
+            res.append(dict(solver=r.get("solver"), error=r.get("error")))
+            continue
+        med = statistics.median(r["times"])
+        res.append(dict(solver=r["solver"], iters=r.get("iters"), cost=r.get("cost"),
+                        compile_s=r.get("compile_s"), seconds=med, problems_per_s=batch / med))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--peers", default="theseus_gn,theseus_lm")
+    ap.add_argument("--peers-python", default=os.environ.get("JAXNLLS_PEERS_PYTHON",
+                                                            "/work/peers-venv/bin/python"))
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    rows = [run_jaxnlls(m, args.batch, args.repeats) for m in ("gn", "lm")]
+    if args.peers:
+        rows += run_peers(args.peers_python, args.peers, args.batch, args.repeats)
+    print(f"\npgo2d: batch = {args.batch} SE(2) pose graphs (10 poses, 12 edges + prior), float64, "
+          f"median of {args.repeats}; jax {jax.__version__} ({jax.devices()[0].platform}), "
+          f"{os.cpu_count()} CPU cores")
+    print("| solver | steps | mean cost | compile s | solve s | problems/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['solver']} | FAILED: {r['error']} | | | | |")
+            continue
+        comp = f"{r['compile_s']:.2f}" if r.get("compile_s") is not None else "-"
+        print(f"| {r['solver']} | {r['iters']} | {r['cost']:.6g} | {comp} | {r['seconds']:.3f} | "
+              f"{r['problems_per_s']:.0f} |")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
