@@ -26,4 +26,5 @@ from ._graph import (
     GraphStructure as GraphStructure,
     stack_data as stack_data,
 )
+from ._lm import GraphLevenbergMarquardt as GraphLevenbergMarquardt
 from ._var import Var as Var, VarValues as VarValues

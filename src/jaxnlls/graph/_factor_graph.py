@@ -17,9 +17,10 @@ from ..linear._blocksparse import BlockSparseLinearization
 from ..linear._pcg import BlockJacobiPCG, pcg
 from ..linear._schur import SchurComplement
 from ..linear._sparse import SparseCholesky
-from ..solvers import AbstractSolver, LevenbergMarquardt
+from ..solvers import AbstractSolver
 from . import _graph as G
 from ._factor import Factor
+from ._lm import GraphLevenbergMarquardt
 from ._var import Var, VarValues
 
 #: Tangent sizes up to this use the dense Cholesky step (and batch well under ``vmap``).
@@ -59,9 +60,10 @@ def auto_linear_solver(structure: G.GraphStructure) -> AbstractStepSolver:
 
 
 def default_solver(structure: G.GraphStructure, linear_solver: Any = "auto") -> AbstractSolver:
-    """Levenberg-Marquardt tuned for factor graphs (GTSAM-like: small initial damping)."""
+    """:class:`GraphLevenbergMarquardt` (GTSAM's damping schedule: ``λ₀ = 1e-5`` absolute,
+    ÷10 / ×10) with ``rtol=1e-7``, ``atol=1e-10`` and the given (or automatic) step solver."""
     ls = auto_linear_solver(structure) if linear_solver == "auto" else linear_solver
-    return LevenbergMarquardt(rtol=1e-8, atol=1e-10, initial_damping=1e-8, linear_solver=ls)
+    return GraphLevenbergMarquardt(rtol=1e-7, atol=1e-10, linear_solver=ls)
 
 
 class _GraphFlat(eqx.Module):
@@ -320,9 +322,10 @@ class FactorGraph(eqx.Module):
                 variables are passed through unchanged).
             data: factor data to use instead of ``self.data`` (same structure; differentiate
                 or vmap through it).
-            solver: a jaxnlls solver. Default: Levenberg-Marquardt with initial damping
-                ``1e-8·max diag(JᵀJ)``, Nielsen's update, ``rtol=1e-8``, ``atol=1e-10`` and
-                the linear solver below. A given solver keeps its own ``linear_solver``.
+            solver: a jaxnlls solver. Default (:func:`default_solver`):
+                :class:`GraphLevenbergMarquardt` (absolute damping ``1e-5``, ÷10 on success,
+                ×10 on failure, as GTSAM), ``rtol=1e-7``, ``atol=1e-10``, with the linear
+                solver below. A given solver keeps its own ``linear_solver``.
             linear_solver: step solver when ``solver`` is None: ``"auto"`` (see
                 :func:`auto_linear_solver`), or ``DenseCholesky()``, ``SparseCholesky()``,
                 ``BlockJacobiPCG()``, ``SchurComplement(Point)``.

@@ -1,0 +1,59 @@
+"""A GTSAM-style Levenberg-Marquardt for factor graphs (the default of ``FactorGraph.solve``)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._misc import safe_div
+from ..linear import AbstractStepSolver, DenseCholesky
+from ..solvers import AbstractSolver
+
+
+class GraphLMState(eqx.Module):
+    damping: Float[Array, ""]
+
+
+class GraphLevenbergMarquardt(AbstractSolver):
+    """Levenberg-Marquardt with GTSAM's damping schedule: step ``(JᵀJ + λI) δ = -Jᵀ r`` with
+    an *absolute* ``λ`` (initially ``initial_damping``, GTSAM's ``lambdaInitial = 1e-5``),
+    divided by ``factor`` (10) after an accepted step and multiplied by it after a rejected one,
+    clipped to ``[min_damping, max_damping]``. A step is accepted when the cost decreases by
+    more than ``accept`` times the predicted decrease.
+
+    Compared with Nielsen's update (:class:`jaxnlls.LevenbergMarquardt`), the damping falls
+    ten-fold per good step, so well-posed pose graphs reach Gauss-Newton speed in a few
+    iterations while badly initialized ones (M3500a) still get a trust region.
+
+    Convergence (all traced; see :class:`jaxnlls.solvers.AbstractSolver`): accepted step with
+    ``‖δ‖ ≤ atol + rtol‖x‖`` and ``|Δcost| ≤ atol + rtol·cost``, a rejected step that small, or
+    ``max|∇| ≤ gtol``.
+
+    Differentiability: see :meth:`jaxnlls.graph.FactorGraph.solve`.
+    """
+
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    gtol: float = 0.0
+    linear_solver: AbstractStepSolver = DenseCholesky()
+    initial_damping: float = 1e-5
+    factor: float = 10.0
+    min_damping: float = 1e-12
+    max_damping: float = 1e12
+    accept: float = 0.0
+    verbose: bool = eqx.field(default=False, static=True)
+
+    def init(self, lin, cost, x_norm):
+        return GraphLMState(jnp.asarray(self.initial_damping, lin.residual.dtype))
+
+    def propose(self, lin, grad, aux):
+        n = grad.shape[0]
+        return self.linear_solver.solve(lin, jnp.full((n,), aux.damping, grad.dtype), -grad)
+
+    def update(self, aux, actual, predicted, finite, delta, lin):
+        rho = jnp.where(finite & (predicted > 0), safe_div(actual, predicted), -1.0)
+        accept = finite & (rho > self.accept) & (actual > 0)
+        lam = jnp.where(accept, aux.damping / self.factor, aux.damping * self.factor)
+        lam = jnp.clip(lam, self.min_damping, self.max_damping)
+        return accept, GraphLMState(lam.astype(aux.damping.dtype))
