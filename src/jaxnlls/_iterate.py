@@ -90,13 +90,16 @@ def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
         aux = solver.rescale(aux, lin)
     delta, _ = solver.propose(lin, grad, aux)  # a failed solve returns a finite fallback
     x_try = problem.retract(state.x, delta)
-    lin_try = _compactor(solver)(problem.linearize(x_try))
-    r_try = lin_try.residual
+    lin_full = problem.linearize(x_try)
+    r_try = lin_full.residual
     cost_try = 0.5 * jnp.sum(r_try * r_try)
+    lin_try = _compactor(solver)(lin_full)
     predicted = _predicted_decrease(lin, grad, delta)
-    # ½(‖r‖² - ‖r'‖²) = ½ (r - r')·(r + r'): accurate to rounding in r - r', not in ‖r‖².
     r = lin.residual
-    actual = 0.5 * jnp.sum((r - r_try) * (r + r_try))
+    if r is None:  # compacted: nothing of size m is carried, so only the costs are at hand
+        actual = state.cost - cost_try
+    else:  # ½(‖r‖² - ‖r'‖²) = ½ (r - r')·(r + r'): accurate to rounding in r - r'
+        actual = 0.5 * jnp.sum((r - r_try) * (r + r_try))
     # Below rounding the cost cannot tell a good step from a bad one; trust the model there
     # (gain ratio 1) unless the cost demonstrably rose, so LM keeps driving the gradient down
     # on nonzero-residual problems as Gauss-Newton does.

@@ -58,12 +58,12 @@ class DenseLinearization(AbstractLinearization):
 
     The transposed layout is what forward-mode autodiff produces (one row per tangent
     direction) and keeps the residual axis contiguous for the products below.
-    :meth:`compact` drops ``jac_t`` and keeps only ``r``, ``JᵀJ`` and ``Jᵀr``, which is all a
+    :meth:`compact` drops ``r`` and ``jac_t`` and keeps only ``JᵀJ`` and ``Jᵀr``, which is all a
     Cholesky-based solver needs: the solve loop carries that, so a batch of Jacobians never
     travels through the loop under ``vmap``.
     """
 
-    residual: Float[Array, " m"]
+    residual: Float[Array, " m"] | None
     jac_t: Float[Array, "n m"] | None
     gram_matrix: Float[Array, "n n"]
     jtr: Float[Array, " n"]
@@ -71,11 +71,19 @@ class DenseLinearization(AbstractLinearization):
     def __init__(self, residual, jac_t, gram_matrix=None, jtr=None):
         self.residual = residual
         self.jac_t = jac_t
-        self.gram_matrix = gram_t(jac_t) if gram_matrix is None else gram_matrix
-        self.jtr = jac_t @ residual if jtr is None else jtr
+        if gram_matrix is None:
+            gram_matrix = gram_t(jac_t)
+        if jtr is None:  # elementwise for narrow J, like JᵀJ
+            if jac_t.shape[0] <= ELEMENTWISE_N:
+                jtr = jnp.sum(jac_t * residual[None, :], axis=-1)
+            else:
+                jtr = jac_t @ residual
+        self.gram_matrix = gram_matrix
+        self.jtr = jtr
 
     def compact(self) -> DenseLinearization:
-        return DenseLinearization(self.residual, None, self.gram_matrix, self.jtr)
+        """Keep only ``JᵀJ`` and ``Jᵀr`` (drop ``r`` and ``J``)."""
+        return DenseLinearization(None, None, self.gram_matrix, self.jtr)
 
     def _need_jac(self):
         if self.jac_t is None:
