@@ -378,11 +378,13 @@ class FactorGraph(eqx.Module):
         data = self.data if data is None else data
         ls = auto_linear_solver(self.structure) if linear_solver == "auto" else linear_solver
         cols = self.structure.columns_of(var)
-        return _marginals(self, values, data, ls, cols)
+        key = tuple(cols.tolist()) if cols.ndim == 1 else tuple(tuple(c) for c in cols.tolist())
+        return _marginals(self, values, data, ls, key)
 
 
 @eqx.filter_jit
 def _marginals(graph, values, data, ls, cols):
+    cols = np.asarray(cols, np.int64)
     structure = graph.structure
     lin = G.linearize(structure, G.values_to_tuple(structure, values), data)
     n = structure.tangent_size
