@@ -1,0 +1,142 @@
+"""Standard factors: residuals against numpy closed forms, analytic vs autodiff Jacobians."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnlls.factors import (
+    bal_project,
+    bearing2d,
+    between,
+    between_autodiff,
+    point_to_plane,
+    point_to_point,
+    range2d,
+    range_bearing2d,
+)
+from jaxnlls.graph import FactorGraph, Var, VarValues
+from jaxnlls.lie import SE2, SE3, SO3, Sim3
+
+_lin = eqx.filter_jit(lambda g, v: g.linearize(v).jac.to_dense())
+_res = eqx.filter_jit(lambda g, v: g.residual(v))
+
+
+def _dt():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+@pytest.mark.parametrize("group", [SE3, SO3, Sim3])
+def test_between_analytic_jacobian_matches_autodiff(group, getkey, tol):
+    class V(Var, group=group):
+        pass
+
+    n = 4
+    x = group.sample_uniform(getkey(), (n,))
+    x = group(x.params.astype(_dt()))
+    z = group(group.sample_uniform(getkey(), (n - 1,)).params.astype(_dt()))
+    d = group.tangent_dim
+    L = jnp.asarray(np.triu(np.random.default_rng(0).normal(size=(n - 1, d, d))) + 3 * np.eye(d),
+                    _dt())
+    ia, ib = np.arange(n - 1), np.arange(1, n)
+    vals = VarValues.make({V(np.arange(n)): x})
+    ga = FactorGraph.build([between(V(ia), V(ib), z, L)], gauge=None)
+    gb = FactorGraph.build([between_autodiff(V(ia), V(ib), z, L)], gauge=None)
+    rtol = 1e-7 if jax.config.jax_enable_x64 else 2e-3
+    np.testing.assert_allclose(_lin(ga, vals), _lin(gb, vals), rtol=rtol, atol=rtol)
+
+
+def _rot_np(w, X):
+    th = np.linalg.norm(w)
+    k = w / th
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    R = np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * K @ K
+    return R @ X
+
+
+def test_bal_projection_matches_numpy(tol):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        cam = np.concatenate([rng.normal(size=3) * 0.5, rng.normal(size=3), [500.0, 1e-2, -1e-3]])
+        X = rng.normal(size=3) + np.array([0, 0, -5.0])
+        P = _rot_np(cam[:3], X) + cam[3:6]
+        p = -P[:2] / P[2]
+        r2 = p @ p
+        ref = cam[6] * (1 + cam[7] * r2 + cam[8] * r2 * r2) * p
+        ours = bal_project(jnp.asarray(cam, _dt()), jnp.asarray(X, _dt()))
+        np.testing.assert_allclose(ours, ref, rtol=tol.rtol * 10)
+    # small-angle branch: zero rotation is the identity
+    cam0 = jnp.asarray(np.concatenate([np.zeros(3), np.zeros(3), [1.0, 0, 0]]), _dt())
+    X = jnp.asarray([1.0, 2.0, -4.0], _dt())
+    np.testing.assert_allclose(bal_project(cam0, X), [0.25, 0.5], rtol=tol.rtol)
+    g = jax.grad(lambda c: jnp.sum(bal_project(c, X)))(cam0)
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+class P2(Var, group=SE2):
+    pass
+
+
+class L2(Var, dim=2):
+    pass
+
+
+def test_range_bearing_residuals_match_numpy(tol):
+    dt = _dt()
+    pose = SE2.from_xy_theta(jnp.asarray(1.0, dt), jnp.asarray(-2.0, dt), jnp.asarray(0.7, dt))
+    lm = np.array([4.0, 1.5])
+    vals = VarValues.make({P2(0): pose, L2(5): jnp.asarray(lm, dt)})
+    c, s = np.cos(0.7), np.sin(0.7)
+    local = np.array([[c, s], [-s, c]]) @ (lm - np.array([1.0, -2.0]))
+    bearing = np.arctan2(local[1], local[0])
+    rng_ = np.linalg.norm(local)
+    zb, zr = 0.3, 2.0
+    L = jnp.asarray([[2.0, 0.1], [0.0, 3.0]], dt)
+    g = FactorGraph.build(
+        [
+            range2d(P2(0), L2(5), jnp.asarray(zr, dt), jnp.asarray(2.0, dt)),
+            bearing2d(P2(0), L2(5), jnp.asarray(zb, dt), jnp.asarray(3.0, dt)),
+            range_bearing2d(P2(0), L2(5), jnp.asarray(zb, dt), jnp.asarray(zr, dt), L),
+        ],
+        gauge=None,
+    )
+    r = np.asarray(_res(g, vals))
+    # groups are ordered by factor name: bearing2d, range2d, range_bearing2d
+    expect = np.concatenate([
+        [3.0 * (bearing - zb)],
+        [2.0 * (rng_ - zr)],
+        np.asarray(L) @ np.array([bearing - zb, rng_ - zr]),
+    ])
+    np.testing.assert_allclose(r, expect, rtol=tol.rtol * 10, atol=tol.atol * 10)
+
+
+class P3(Var, group=SE3):
+    pass
+
+
+def test_point_to_point_recovers_transform(getkey, tol):
+    dt = _dt()
+    T = SE3.sample_uniform(getkey(), ())
+    T = SE3(T.params.astype(dt))
+    src = jax.random.normal(getkey(), (20, 3), dt)
+    dst = T @ src
+    n = src.shape[0]
+    g = FactorGraph.build(
+        [point_to_point(P3(np.zeros(n, np.int64)), src, dst, jnp.ones((n, 3), dt))], gauge=None
+    )
+    init = VarValues.make({P3(0): SE3.identity((), dt)})
+    sol = g.solve(init, throw=False)
+    got = sol.value[P3(0)]
+    err = got.local(T)
+    assert float(jnp.max(jnp.abs(err))) < (1e-8 if jax.config.jax_enable_x64 else 1e-3)
+    # point-to-plane residual equals nᵀ(T·p - q)
+    normals = jax.random.normal(getkey(), (n, 3), dt)
+    g2 = FactorGraph.build(
+        [point_to_plane(P3(np.zeros(n, np.int64)), src, dst + 0.1, normals, jnp.full(n, 2.0, dt))],
+        gauge=None,
+    )
+    r = _res(g2, VarValues.make({P3(0): T}))
+    np.testing.assert_allclose(r, 2.0 * jnp.sum(normals * -0.1, 1), rtol=1e-4, atol=1e-4)
