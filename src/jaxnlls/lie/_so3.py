@@ -28,9 +28,9 @@ from ._utils import (
     quat_retract_jac,
     quat_rotate,
     quat_to_matrix,
+    series,
     small_threshold,
     sum_sq,
-    taylor_switch,
     theta_minus_sin_over_cube,
 )
 
@@ -38,18 +38,15 @@ from ._utils import (
 def quat_exp(omega: Array) -> Array:
     """Unit quaternion ``(cos(θ/2), sin(θ/2) ω/θ)`` with ``w >= 0`` (sign flipped for ``θ > π``)."""
     t2 = sum_sq(omega)
-    # cos(θ/2) and sin(θ/2)/θ as functions of θ² (finite gradients at 0).
-    w = taylor_switch(
-        t2, lambda s: jnp.cos(0.5 * jnp.sqrt(s)), (1.0, -1 / 8, 1 / 384, -1 / 46080), order=2
-    )
-    k = taylor_switch(
-        t2,
-        lambda s: jnp.sin(0.5 * jnp.sqrt(s)) / jnp.sqrt(s),
-        (0.5, -1 / 48, 1 / 3840, -1 / 645120),
-        order=2,
-    )
-    q = jnp.concatenate([w[..., None], k[..., None] * omega], axis=-1)
-    return jnp.where(w[..., None] < 0, -q, q)
+    # one shared double-where switch for cos(θ/2) and sin(θ/2)/θ (finite gradients at 0)
+    thr = small_threshold(t2.dtype, order=2, n_terms=4)
+    small = t2 < thr
+    theta = jnp.sqrt(jnp.where(small, jnp.ones_like(t2), t2))
+    half = 0.5 * theta
+    w = jnp.where(small, series(t2, (1.0, -1 / 8, 1 / 384, -1 / 46080)), jnp.cos(half))
+    k = jnp.where(small, series(t2, (0.5, -1 / 48, 1 / 3840, -1 / 645120)), jnp.sin(half) / theta)
+    sign = jnp.where(w < 0, -1.0, 1.0).astype(w.dtype)
+    return jnp.concatenate([(sign * w)[..., None], (sign * k)[..., None] * omega], axis=-1)
 
 
 def quat_log(q: Array) -> Array:
