@@ -4,7 +4,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/pgo.py                          # all problems, GTSAM in the same run
-    .venv/bin/python bench/pgo.py --problems intel,M3500 --theseus
+    .venv/bin/python bench/pgo.py --problems intel,M3500 --theseus intel,M3500
     .venv/bin/python bench/pgo.py --batched-only           # 256 generated 128-pose graphs
     .venv/bin/python bench/pgo.py --json-out /tmp/pgo.json
 
@@ -270,7 +270,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=100)
     ap.add_argument("--no-gtsam", action="store_true")
-    ap.add_argument("--theseus", action="store_true", help="also run theseus_gn (slow)")
+    ap.add_argument(
+        "--theseus",
+        default="",
+        help="comma-separated problems on which to also run theseus_gn (slow), or 'all'",
+    )
     ap.add_argument("--peer-timeout", type=float, default=900.0)
     ap.add_argument("--batched-only", action="store_true")
     ap.add_argument("--no-batched", action="store_true")
@@ -295,7 +299,7 @@ def main() -> None:
         row = {"file": rel, "jaxnlls": run_jaxnlls(rel, args.repeats, args.max_steps)}
         if not args.no_gtsam:
             row["gtsam_lm"] = run_peer(rel, "gtsam_lm", args.repeats, args.peer_timeout)
-        if args.theseus:
+        if args.theseus == "all" or name in args.theseus.split(","):
             row["theseus_gn"] = run_peer(rel, "theseus_gn", 1, args.peer_timeout)
         row["reference_cost"] = refs.get(rel, {}).get("reference_cost")
         out["problems"][name] = row
