@@ -270,6 +270,13 @@ class FactorGraph(eqx.Module):
     def tangent_size(self) -> int:
         return self.structure.tangent_size
 
+    def group_index(self, kind: Any) -> int:
+        """Index into :attr:`data` of the (single) group made by factor type ``kind``."""
+        hits = [i for i, g in enumerate(self.structure.groups) if g.kind is kind]
+        if len(hits) != 1:
+            raise KeyError(f"{kind!r} makes {len(hits)} factor groups in this graph, expected 1")
+        return hits[0]
+
     def with_data(self, data: Any) -> FactorGraph:
         """The same structure with other factor data (e.g. learned measurements)."""
         return FactorGraph(self.structure, data)
