@@ -22,6 +22,10 @@ class GraphLevenbergMarquardt(AbstractSolver):
     clipped to ``[min_damping, max_damping]``. A step is accepted when the cost decreases by
     more than ``accept`` times the predicted decrease.
 
+    With ``diagonal=True`` the damping is ``λ·max(diag(JᵀJ), min_diagonal)`` (Marquardt
+    scaling, Ceres' and GTSAM's ``diagonalDamping``), the default for bundle adjustment where
+    camera intrinsics and poses have very different scales.
+
     Compared with Nielsen's update (:class:`jaxnlls.LevenbergMarquardt`), the damping falls
     ten-fold per good step, so well-posed pose graphs reach Gauss-Newton speed in a few
     iterations while badly initialized ones (M3500a) still get a trust region.
@@ -42,6 +46,8 @@ class GraphLevenbergMarquardt(AbstractSolver):
     min_damping: float = 1e-12
     max_damping: float = 1e12
     accept: float = 0.0
+    diagonal: bool = eqx.field(default=False, static=True)
+    min_diagonal: float = 1e-6
     verbose: bool = eqx.field(default=False, static=True)
 
     def init(self, lin, cost, x_norm):
@@ -49,6 +55,9 @@ class GraphLevenbergMarquardt(AbstractSolver):
 
     def propose(self, lin, grad, aux):
         n = grad.shape[0]
+        if self.diagonal:  # Ceres / GTSAM diagonalDamping: λ·clip(diag JᵀJ)
+            d = jnp.maximum(lin.gram_diag(), self.min_diagonal).astype(grad.dtype)
+            return self.linear_solver.solve(lin, aux.damping * d, -grad)
         return self.linear_solver.solve(lin, jnp.full((n,), aux.damping, grad.dtype), -grad)
 
     def update(self, aux, actual, predicted, finite, delta, lin):
