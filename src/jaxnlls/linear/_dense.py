@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jaxtyping import Array, Bool, Float
 
 SMALL_N = 8
@@ -58,26 +57,80 @@ def _small_psd_solve(A, b):
     return jnp.stack(x), ok
 
 
+#: Up to this size the Cholesky factorization is a ``fori_loop`` over columns written with
+#: vectorized array operations. XLA:CPU's batched LAPACK ``potrf`` (used under ``vmap``)
+#: deadlocked in jaxlib 0.10.2 inside the solve loop at batch 2,048 (threads blocked in
+#: ``jax::ParallelBatchMap``, seen with gdb), and runs one tiny factorization per member anyway.
+LOOP_N = 128
+
+
+def _loop_psd_solve(A, b):
+    """Right-looking Cholesky with safe pivots, then two substitutions, all in ``fori_loop``s.
+
+    Same pivot rule as :func:`_small_psd_solve`: a pivot below ``n·eps`` times its own
+    diagonal entry marks a singular direction whose solution component is set to zero.
+    """
+    n = A.shape[-1]
+    idx = jnp.arange(n)
+    diag0 = jnp.diagonal(A)
+    eps = jnp.finfo(A.dtype).eps
+
+    def factor(j, carry):
+        L, good = carry
+        d = L[j, j]
+        ok_j = d > n * eps * jnp.maximum(diag0[j], jnp.finfo(A.dtype).tiny)
+        ljj = jnp.sqrt(jnp.where(ok_j, d, 1.0))
+        col = jnp.where(idx > j, L[:, j] / ljj, 0.0) * ok_j
+        below = idx > j
+        L = L - jnp.where(below[:, None] & below[None, :], col[:, None] * col[None, :], 0.0)
+        L = L.at[:, j].set(jnp.where(idx == j, jnp.where(ok_j, ljj, 0.0), col))
+        return L, good.at[j].set(ok_j)
+
+    L, good = jax.lax.fori_loop(0, n, factor, (A, jnp.zeros(n, bool)))
+    safe_diag = jnp.where(good, jnp.diagonal(L), 1.0)
+
+    def forward(i, y):
+        s = b[i] - jnp.sum(jnp.where(idx < i, L[i, :] * y, 0.0))
+        return y.at[i].set(jnp.where(good[i], s / safe_diag[i], 0.0))
+
+    y = jax.lax.fori_loop(0, n, forward, jnp.zeros_like(b))
+
+    def backward(k, x):
+        i = n - 1 - k
+        s = y[i] - jnp.sum(jnp.where(idx > i, L[:, i] * x, 0.0))
+        return x.at[i].set(jnp.where(good[i], s / safe_diag[i], 0.0))
+
+    x = jax.lax.fori_loop(0, n, backward, jnp.zeros_like(b))
+    return x, jnp.all(good)
+
+
 def psd_solve(A: Float[Array, "n n"], b: Float[Array, " n"]) -> tuple[Array, Bool[Array, ""]]:
     """Solve ``A x = b`` for symmetric positive semi-definite ``A``.
 
-    Cholesky first; if ``A`` is not numerically positive definite, a pseudo-inverse
-    (minimum-norm least-squares) solve via lineax's SVD, so the answer is always finite.
+    Cholesky with safe pivots: a numerically singular direction gets a zero solution
+    component (for ``n ≤ LOOP_N``), so the answer is always finite; beyond ``LOOP_N``, XLA's
+    Cholesky with a Tikhonov-regularized retry (``A + √eps·max|diag A|·I``).
 
     Returns:
-        ``(x, ok)`` where ``ok`` is False when the fallback was needed.
+        ``(x, ok)`` where ``ok`` is False when ``A`` was numerically singular.
     """
     n = A.shape[-1]
     if n <= SMALL_N:
         return _small_psd_solve(A, b)
-    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
-    sol = lx.linear_solve(op, b, lx.Cholesky(), throw=False)
-    ok = (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+    if n <= LOOP_N:
+        return _loop_psd_solve(A, b)
+    L = jnp.linalg.cholesky(A)
+    x = jax.scipy.linalg.cho_solve((L, True), b)
+    ok = jnp.all(jnp.isfinite(x))
 
     def fallback(_):
-        return lx.linear_solve(lx.MatrixLinearOperator(A), b, lx.SVD(), throw=False).value
+        scale = jnp.max(jnp.abs(jnp.diagonal(A)))
+        mu = jnp.sqrt(jnp.finfo(A.dtype).eps) * jnp.where(scale > 0, scale, 1.0)
+        Lr = jnp.linalg.cholesky(A + mu * jnp.eye(n, dtype=A.dtype))
+        xr = jax.scipy.linalg.cho_solve((Lr, True), b)
+        return jnp.where(jnp.isfinite(xr), xr, 0.0)
 
-    x = jax.lax.cond(ok, lambda _: sol.value, fallback, None)
+    x = jax.lax.cond(ok, lambda _: x, fallback, None)
     return x, ok
 
 
@@ -95,6 +148,8 @@ def is_rank_deficient(A: Float[Array, "n n"]) -> Bool[Array, ""]:
     B = A * s[:, None] * s[None, :]
     if n <= SMALL_N:
         return zero_col | ~_small_psd_solve(B, jnp.zeros(n, A.dtype))[1]
+    if n <= LOOP_N:
+        return zero_col | ~_loop_psd_solve(B, jnp.zeros(n, A.dtype))[1]
     L = jnp.linalg.cholesky(B)
     piv = jnp.diagonal(L)
     return zero_col | ~jnp.all(jnp.isfinite(piv) & (piv * piv > _pivot_floor(B)))
