@@ -76,7 +76,7 @@ def test_ba_json(shared_data, tmp_path):
         "-o",
         str(out),
         "--max-steps",
-        "1000",
+        "4000",
     )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
