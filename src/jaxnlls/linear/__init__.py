@@ -12,3 +12,11 @@ from ._step import (
     AbstractStepSolver as AbstractStepSolver,
     DenseCholesky as DenseCholesky,
 )
+from ._blocksparse import (
+    BlockLayout as BlockLayout,
+    BlockSparseJacobian as BlockSparseJacobian,
+    BlockSparseLinearization as BlockSparseLinearization,
+)
+from ._pcg import BlockJacobiPCG as BlockJacobiPCG
+from ._schur import SchurComplement as SchurComplement
+from ._sparse import SparseCholesky as SparseCholesky
