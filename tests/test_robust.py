@@ -464,11 +464,6 @@ def _line_data(dtype, seed=0):
     return x.astype(dtype), y.astype(dtype), out
 
 
-def _requires_solve():
-    if not hasattr(jaxnlls, "solve"):
-        pytest.skip("jaxnlls.solve not available yet")
-
-
 def _line_residual(theta, data):
     x, y = data
     return theta[0] * x + theta[1] - y
@@ -503,7 +498,6 @@ def _err(theta):
 
 
 def test_robust_line_fit_beats_l2(line_problem):
-    _requires_solve()
     data, dtype = line_problem
     theta0 = jnp.zeros(2, dtype)
     c = jnp.asarray(0.1, dtype)
@@ -522,7 +516,6 @@ def test_robust_line_fit_beats_l2(line_problem):
 def test_gnc_geman_mcclure_from_bad_starts(line_problem):
     """Plain GM (LM from the start) lands in spurious minima from these starts; GNC-GM
     recovers the line from all of them, and ends where plain GM goes from a good start."""
-    _requires_solve()
     data, dtype = line_problem
     loss = GemanMcClure(jnp.asarray(0.15, dtype))
     bad = jnp.asarray([[-5.0, 10.0], [10.0, -10.0], [0.0, 5.0], [20.0, 20.0]], dtype)
@@ -565,7 +558,6 @@ def test_gnc_geman_mcclure_from_bad_starts(line_problem):
 def test_gnc_other_kernels_from_bad_starts(name, line_problem):
     """GNC-TLS (mu increasing through GNCTruncatedLS, then TLS) and scale continuation for
     Tukey/Welsch recover the line from starts where every residual is beyond the cutoff."""
-    _requires_solve()
     data, dtype = line_problem
     loss = KERNELS[name](jnp.asarray(0.15 if name != "Tukey" else 0.25, dtype))
     bad = jnp.asarray([[-5.0, 10.0], [10.0, -10.0], [20.0, 20.0]], dtype)
@@ -601,7 +593,6 @@ def test_gnc_other_kernels_from_bad_starts(name, line_problem):
 @pytest.mark.slow
 def test_gnc_grad_is_final_stage_implicit_grad(requires_x64):
     """Gradients through gnc_solve (implicit, final stage) match central finite differences."""
-    _requires_solve()
     x, y, out = _line_data(np.float64)
     xs = jnp.asarray(x)
     bad = jnp.asarray([-5.0, 10.0])
