@@ -112,22 +112,18 @@ class UnrollAdjoint(AbstractAdjoint):
 
 def _gn_steps(problem, x, k, damping):
     """``k`` differentiable Gauss-Newton steps from ``x`` (no line search)."""
-    from .linear import DenseLinearization, psd_solve
+    from .linear import DenseLinearization
 
     def body(x, _):
         lin = problem.linearize(x)
         g = gradient(lin)
-        if isinstance(lin, DenseLinearization):
-            H = lin.gram() + damping * jnp.eye(g.shape[0], dtype=g.dtype)
-            delta = psd_solve(H, -g)[0]
+        matvec = lambda v: lin.rmv(lin.mv(v))  # noqa: E731
+        materialize = lin.gram if isinstance(lin, DenseLinearization) else None
+        if materialize is None:  # no matrix at hand: CG (forced by a large n)
+            solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * g.shape[0])
         else:
-            n = g.shape[0]
-            struct = jax.ShapeDtypeStruct((n,), g.dtype)
-            op = lx.FunctionLinearOperator(
-                lambda v: lin.rmv(lin.mv(v)) + damping * v, struct, lx.positive_semidefinite_tag
-            )
-            delta = lx.linear_solve(op, -g, lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * n),
-                                    throw=False).value
+            solver = None
+        delta = _implicit.solve_symmetric(matvec, materialize, -g, solver, damping)
         return problem.retract(x, delta), None
 
     x, _ = jax.lax.scan(body, x, None, length=k)

@@ -151,21 +151,14 @@ def _perturbed_solution(flat, x_star, inputs, n, v, eps_signed, iterations, damp
     def body(d, _):
         r, pull = jax.vjp(f, d)
         g = pull(r)[0] + eps_signed * v
-        if n <= DENSE_MAX:
-            jac_t = jax.vmap(lambda w: jax.jvp(f, (d,), (w,))[1])(jnp.eye(n, dtype=dtype))
-            H = gram_t(jac_t) + damping * jnp.eye(n, dtype=dtype)
-            step = psd_solve(H, -g)[0]
-        else:
-            struct = jax.ShapeDtypeStruct((n,), dtype)
 
-            def mv(w):
-                Jw = jax.jvp(f, (d,), (w,))[1]
-                return pull(Jw)[0] + damping * w
+        def matvec(w):
+            return pull(jax.jvp(f, (d,), (w,))[1])[0]
 
-            op = lx.FunctionLinearOperator(mv, struct, lx.positive_semidefinite_tag)
-            step = lx.linear_solve(op, -g, lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * n),
-                                   throw=False).value
-        return d + step, None
+        def materialize():
+            return gram_t(jax.vmap(lambda w: jax.jvp(f, (d,), (w,))[1])(jnp.eye(n, dtype=dtype)))
+
+        return d + solve_symmetric(matvec, materialize, -g, None, damping), None
 
     d, _ = jax.lax.scan(body, jnp.zeros(n, dtype), None, length=iterations)
     return d
