@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -140,3 +142,113 @@ def test_point_to_point_recovers_transform(getkey, tol):
     )
     r = _res(g2, VarValues.make({P3(0): T}))
     np.testing.assert_allclose(r, 2.0 * jnp.sum(normals * -0.1, 1), rtol=1e-4, atol=1e-4)
+
+
+_lin_r = eqx.filter_jit(lambda g, v: g.linearize(v).residual)
+
+
+@pytest.mark.parametrize("group", [SE2, SE3])
+@pytest.mark.parametrize("diag", [False, True], ids=["full_L", "diag_w"])
+def test_between_fused_linearization(group, diag, getkey, tol):
+    """``between``'s fused ``linearize`` (residual and blocks from one evaluation) equals its
+    residual function and its ``jacobian``-only path; also for a diagonal weight vector."""
+    from jaxnlls.factors._standard import _between_jac, _between_res
+    from jaxnlls.graph import factor
+
+    class V(Var, group=group):
+        pass
+
+    n = 5
+    d = group.tangent_dim
+    x = group(group.sample_uniform(getkey(), (n,)).params.astype(_dt()))
+    z = group(group.sample_uniform(getkey(), (n - 1,)).params.astype(_dt()))
+    rng = np.random.default_rng(1)
+    if diag:
+        L = jnp.asarray(rng.uniform(0.5, 2.0, size=(n - 1, d)), _dt())
+    else:
+        L = jnp.asarray(np.triu(rng.normal(size=(n - 1, d, d))) + 3 * np.eye(d), _dt())
+    ia, ib = np.arange(n - 1), np.arange(1, n)
+    vals = VarValues.make({V(np.arange(n)): x})
+    jac_only = factor(_between_res, jacobian=_between_jac, name="between_jac_only")
+    ga = FactorGraph.build([between(V(ia), V(ib), z, L)], gauge=None)
+    gb = FactorGraph.build([jac_only(V(ia), V(ib), z, L)], gauge=None)
+    gc = FactorGraph.build([between_autodiff(V(ia), V(ib), z, L)], gauge=None)
+    rtol = 1e-7 if jax.config.jax_enable_x64 else 2e-3
+    np.testing.assert_allclose(_lin_r(ga, vals), _res(ga, vals), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(_lin_r(ga, vals), _lin_r(gb, vals), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(_lin(ga, vals), _lin(gb, vals), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(_lin(ga, vals), _lin(gc, vals), rtol=rtol, atol=rtol)
+
+
+def _loop_graph(n_poses, dt, seed=0):
+    """A 3D pose graph with many loop closures (fill-in), gauge on pose 0."""
+    rng = np.random.default_rng(seed)
+    edges = [(k, k + 1) for k in range(n_poses - 1)]
+    loops = [(k, (k * 7 + 3) % n_poses) for k in range(0, n_poses, 2)]
+    edges += [(a, b) for a, b in loops if a != b]
+    ia = np.asarray([a for a, _ in edges])
+    ib = np.asarray([b for _, b in edges])
+    x = SE3.exp(jnp.asarray(rng.normal(size=(n_poses, 6)), dt))
+    z = SE3.exp(jnp.asarray(rng.normal(size=(len(edges), 6)) * 0.3, dt))
+    L = jnp.asarray(np.triu(rng.normal(size=(len(edges), 6, 6)) * 0.1) + np.eye(6), dt)
+    g = FactorGraph.build([between(P3(ia), P3(ib), z, L)])
+    return g, VarValues.make({P3(np.arange(n_poses)): x})
+
+
+@pytest.mark.parametrize("damping", [1e-3, 0.0])
+def test_supernodal_step_equals_dense_and_qdldl(damping, requires_x64):
+    """The block supernodal sparse Cholesky gives the dense (and qdldl) damped GN step."""
+    pytest.importorskip("scipy")
+    from jaxnlls.linear import DenseCholesky
+    from jaxnlls.linear._sparse import SparseCholesky, host_factor
+
+    g, vals = _loop_graph(40, jnp.float64)
+    lin = g.linearize(vals)
+    n = g.tangent_size
+    d = jnp.full((n,), damping)
+    ref = np.asarray(DenseCholesky().solve(lin, d)[0])
+    sn, ok = SparseCholesky("supernodal").solve(lin, d)
+    assert bool(ok)
+    fac = host_factor(g.structure.layout, "supernodal")
+    assert fac.backend == "supernodal" and fac.supernodal is not None
+    assert 1 < fac.supernodal.n_supernodes < 40  # several variables per supernode
+    np.testing.assert_allclose(np.asarray(sn), ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+    if importlib.util.find_spec("qdldl") is not None:
+        qd = np.asarray(SparseCholesky("qdldl").solve(lin, d)[0])
+        np.testing.assert_allclose(np.asarray(sn), qd, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+    # a given right-hand side, and the same pattern refactored with other values
+    rhs = jnp.asarray(np.random.default_rng(2).normal(size=n))
+    d2 = jnp.full((n,), damping + 1.0)
+    got = np.asarray(SparseCholesky("supernodal").solve(lin, d2, rhs)[0])
+    ref2 = np.asarray(DenseCholesky().solve(lin, d2, rhs)[0])
+    np.testing.assert_allclose(got, ref2, rtol=1e-8, atol=1e-10 * np.abs(ref2).max())
+
+
+def test_supernodal_not_positive_definite_falls_back():
+    """A matrix that is not positive definite is not factored by Cholesky; the solve falls back
+    to the LDLᵀ / LU of the same matrix rather than returning garbage."""
+    from jaxnlls.linear._sparse import _HostFactor
+
+    g, _ = _loop_graph(12, _dt())
+    layout = g.structure.layout
+    fac = _HostFactor(layout, "supernodal")
+    indptr, indices, _, diag_pos, nnz = layout.gram_pattern()
+    rng = np.random.default_rng(0)
+    n = layout.n_cols
+    data = np.zeros(nnz)
+    data[diag_pos] = rng.uniform(1, 2, n) * np.where(np.arange(n) % 5 == 0, -1.0, 1.0)
+    b = rng.normal(size=n)
+    x = fac.solve(data, b)
+    assert fac.supernodal is not None and not fac.supernodal.factor(data)
+    np.testing.assert_allclose(data[diag_pos] * x, b, rtol=1e-10)
+
+
+def test_supernodal_auto_choice_is_deterministic():
+    """``backend="auto"`` decides per pattern from the symbolic analysis only."""
+    pytest.importorskip("qdldl")
+    from jaxnlls.linear._sparse import _HostFactor
+
+    g, _ = _loop_graph(30, _dt())
+    a = _HostFactor(g.structure.layout, "auto").backend
+    b = _HostFactor(g.structure.layout, "auto").backend
+    assert a == b and a in ("qdldl", "supernodal")

@@ -22,8 +22,9 @@ def _w(sqrt_info, r):
     return L.astype(r.dtype) * r
 
 
-def _between_jac(vals, a, b, z, sqrt_info):
-    """Analytic blocks of ``Log(z⁻¹ a⁻¹ b)``: ``∂/∂δb = Jr⁻¹(e)``, ``∂/∂δa = -Jr⁻¹(e) Ad(T⁻¹)``."""
+def _between_lin(vals, a, b, z, sqrt_info):
+    """Residual and analytic blocks of ``L Log(z⁻¹ a⁻¹ b)``, sharing ``T = a⁻¹ b`` and ``e``:
+    ``∂/∂δb = Jr⁻¹(e)``, ``∂/∂δa = -Jr⁻¹(e) Ad(T⁻¹)``."""
     xa, xb = vals[a], vals[b]
     T = xa.inverse() @ xb
     e = (z.inverse() @ T).log()
@@ -32,8 +33,15 @@ def _between_jac(vals, a, b, z, sqrt_info):
     Ja = -Jinv @ T.inverse().adjoint()
     L = jnp.asarray(sqrt_info)
     if L.ndim == 2:
-        return L.astype(e.dtype) @ Ja, L.astype(e.dtype) @ Jb
-    return L.astype(e.dtype)[:, None] * Ja, L.astype(e.dtype)[:, None] * Jb
+        Lc = L.astype(e.dtype)
+        return Lc @ e, (Lc @ Ja, Lc @ Jb)
+    w = L.astype(e.dtype)
+    return w * e, (w[:, None] * Ja, w[:, None] * Jb)
+
+
+def _between_jac(vals, a, b, z, sqrt_info):
+    """Analytic blocks of ``Log(z⁻¹ a⁻¹ b)``: ``∂/∂δb = Jr⁻¹(e)``, ``∂/∂δa = -Jr⁻¹(e) Ad(T⁻¹)``."""
+    return _between_lin(vals, a, b, z, sqrt_info)[1]
 
 
 def _between_res(vals, a, b, z, sqrt_info):
@@ -41,7 +49,7 @@ def _between_res(vals, a, b, z, sqrt_info):
     return _w(sqrt_info, (z.inverse() @ (xa.inverse() @ xb)).log())
 
 
-between = factor(_between_res, jacobian=_between_jac, name="between")
+between = factor(_between_res, jacobian=_between_jac, linearize=_between_lin, name="between")
 between.__doc__ = """Relative-pose factor ``r = L · Log(z⁻¹ · (x_a⁻¹ · x_b))`` (GTSAM ``BetweenFactor``).
 
 Works for every Lie-group variable (SE2, SE3, SO3, Sim3, SO2): ``z`` is the measured

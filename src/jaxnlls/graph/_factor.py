@@ -114,12 +114,14 @@ class FactorType:
         jac: JacMode = "auto",
         jacobian: Callable | None = None,
         name: str | None = None,
+        linearize: Callable | None = None,
     ):
         if jac not in ("auto", "fwd", "rev"):
             raise ValueError(f"factor {fn!r}: jac must be 'auto', 'fwd' or 'rev', got {jac!r}")
         self.residual_fn = fn
         self.jac = jac
         self.jacobian = jacobian
+        self.linearize = linearize
         self.name = name or f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
         functools.update_wrapper(self, fn)
 
@@ -136,6 +138,7 @@ def factor(
     jac: JacMode = "auto",
     jacobian: Callable | None = None,
     name: str | None = None,
+    linearize: Callable | None = None,
 ) -> Any:
     """Turn a residual function ``fn(vals, *args) -> residual`` into a factor constructor.
 
@@ -150,6 +153,11 @@ def factor(
             ``(residual_dim, tangent_dim)`` block per ``Var`` argument in argument order (the
             order of ``jax.tree.leaves(args)``), in the right-perturbation tangent convention.
         name: display name (defaults to the function's qualified name).
+        linearize: optional analytic linearization ``linearize(vals, *args) -> (residual,
+            blocks)``: the residual (as ``fn`` returns it) together with the blocks of
+            ``jacobian``, so that subexpressions they share (a group element's ``log``, its
+            composition chain) are traced and computed once. Takes precedence over
+            ``jacobian`` when building Jacobian blocks; ``fn`` is still used for residuals.
 
     Returns:
         A :class:`FactorType`; call it with the args to make a :class:`Factor`. A ``loss=``
@@ -163,6 +171,6 @@ def factor(
     """
 
     def wrap(f: Callable) -> FactorType:
-        return FactorType(f, jac=jac, jacobian=jacobian, name=name)
+        return FactorType(f, jac=jac, jacobian=jacobian, name=name, linearize=linearize)
 
     return wrap if fn is None else wrap(fn)

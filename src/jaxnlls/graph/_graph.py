@@ -390,11 +390,14 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
     def one(sv, da):
         d0 = jnp.zeros(c, dtype)
         dat = (da, loss)
-        if kind.jacobian is not None:
+        if kind.linearize is not None or kind.jacobian is not None:
             r_raw_args = group.args(da)
-            blocks = kind.jacobian(_SlotValues(sv), *r_raw_args)
+            if kind.linearize is not None:
+                out, blocks = kind.linearize(_SlotValues(sv), *r_raw_args)
+            else:
+                blocks = kind.jacobian(_SlotValues(sv), *r_raw_args)
+                out = kind.residual_fn(_SlotValues(sv), *r_raw_args)
             J = jnp.concatenate([jnp.asarray(b) for b in blocks], axis=1)
-            out = kind.residual_fn(_SlotValues(sv), *r_raw_args)
             r = _ravel(out)
             if loss is not None:
                 r_l, pull = jax.linearize(lambda rr: _apply_loss(loss, rr), r)
