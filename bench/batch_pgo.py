@@ -87,14 +87,26 @@ def make_residual(edges):
     return residual
 
 
-def run_jaxnlls(method: str, batch: int, repeats: int) -> dict:
+def jacobian_pattern(edges) -> np.ndarray:
+    """Rows: 12 between residuals × 3, then the prior's 3; columns: 10 poses × 3 tangents."""
+    pat = np.zeros((3 * len(edges) + 3, 3 * N_POSES), bool)
+    for k, (i, j) in enumerate(edges):
+        pat[3 * k:3 * k + 3, 3 * i:3 * i + 3] = True
+        pat[3 * k:3 * k + 3, 3 * j:3 * j + 3] = True
+    pat[-3:, 0:3] = True
+    return pat
+
+
+def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False) -> dict:
     edges, meas, init, prior = make_pgo2d(batch)
     residual = make_residual(edges)
+    sparsity = jaxnlls.JacobianSparsity(jacobian_pattern(edges)) if sparse else None
     solver = (jaxnlls.GaussNewton(rtol=1e-8, atol=1e-8) if method == "gn"
               else jaxnlls.LevenbergMarquardt(rtol=1e-8, atol=1e-8))
 
     def one(x0, z, p):
-        sol = jaxnlls.solve(residual, x0, (z, p), solver=solver, max_steps=50, throw=False)
+        sol = jaxnlls.solve(residual, x0, (z, p), solver=solver, max_steps=50, throw=False,
+                            jac_sparsity=sparsity)
         r = residual(sol.value, (z, p))
         cost = 0.5 * sum(jnp.sum(ri**2) for ri in r)
         return cost, sol.stats.steps, sol.result
@@ -111,7 +123,8 @@ def run_jaxnlls(method: str, batch: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     ok = float(jnp.mean(result == jaxnlls.RESULTS.successful))
-    return dict(solver=f"jaxnlls_{method}", iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
+    name = f"jaxnlls_{method}" + ("_sparsity" if sparse else "")
+    return dict(solver=name, iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
                 compile_s=max(first - med, 0.0), seconds=med, problems_per_s=batch / med,
                 success=ok)
 
@@ -151,7 +164,8 @@ def main() -> None:
                                                             "/work/peers-venv/bin/python"))
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    rows = [run_jaxnlls(m, args.batch, args.repeats) for m in ("gn", "lm")]
+    rows = [run_jaxnlls(m, args.batch, args.repeats, sparse)
+            for sparse in (False, True) for m in ("gn", "lm")]
     if args.peers:
         rows += run_peers(args.peers_python, args.peers, args.batch, args.repeats)
     print(f"\npgo2d: batch = {args.batch} SE(2) pose graphs (10 poses, 12 edges + prior), float64, "

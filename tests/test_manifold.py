@@ -56,3 +56,22 @@ def test_retract_zero_is_identity(getkey, tol):
 def test_is_manifold():
     assert manifold.is_manifold(SO2.identity())
     assert not manifold.is_manifold(jnp.zeros(2))
+
+
+def test_tangent_to_ambient_matches_jvp_of_retract(getkey, tol):
+    """The closed-form push-forward equals differentiating ``retract`` at zero, leaf by leaf."""
+    from jaxnlls.lie import SE2, SO3, Sim3
+
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    x = _mixed(getkey())
+    x["planar"] = SE2.exp(jax.random.normal(getkey(), (2, 3), dtype))
+    x["rot"] = SO3.exp(jax.random.normal(getkey(), (3,), dtype))
+    x["sim"] = Sim3.exp(0.3 * jax.random.normal(getkey(), (7,), dtype))
+    delta = jax.tree.map(lambda t: jax.random.normal(getkey(), t.shape, t.dtype),
+                         manifold.tangent_zeros(x))
+    zero = manifold.tangent_zeros(x)
+    expected = jax.jvp(lambda d: manifold.retract(x, d), (zero,), (delta,))[1]
+    got = manifold.tangent_to_ambient(x, delta)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=10 * tol.rtol, atol=10 * tol.atol)

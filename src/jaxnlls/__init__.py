@@ -26,6 +26,7 @@ from ._adjoint import (
 )
 from ._solution import RESULTS as RESULTS, Solution as Solution, Stats as Stats
 from ._solve import solve as solve
+from ._sparsity import JacobianSparsity as JacobianSparsity
 from .graph import FactorGraph as FactorGraph, Var as Var, VarValues as VarValues, factor as factor
 from .linear import CG as CG, QR as QR, DenseCholesky as DenseCholesky
 from .solvers import (

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
 from ._linearize import make_dense_problem, ravel_residual
+from ._sparsity import JacobianSparsity
 from ._misc import all_finite, stop_gradient_arrays
 from ._solution import RESULTS, Solution, Stats
 from .linear import DenseLinearization, is_rank_deficient
@@ -95,7 +96,7 @@ def _check_residual(out, dtype, has_aux: bool) -> None:
 
 
 @eqx.filter_jit
-def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux, jac):
+def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux, jac, sparsity):
     dtype = _check_init(init)
     try:
         out_struct = eqx.filter_eval_shape(residual_fn, init, params)
@@ -112,7 +113,7 @@ def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux
     matrix = solver.linear_solver.needs_matrix
 
     def make_problem(inp):
-        return make_dense_problem(call, init, inp, matrix=matrix, jac=jac)
+        return make_dense_problem(call, init, inp, matrix=matrix, jac=jac, sparsity=sparsity)
 
     inputs_finite = all_finite(init) & all_finite(params) & all_finite(fn)
     value, state = adjoint.apply(make_problem, init, inputs, solver, max_steps, inputs_finite)
@@ -157,6 +158,7 @@ def solve(
     throw: bool = True,
     has_aux: bool = False,
     jac: str = "auto",
+    jac_sparsity: Any = None,
 ) -> Solution:
     r"""Minimize $\tfrac12\|r(x, \theta)\|^2$ over ``x``, starting from ``init``.
 
@@ -179,6 +181,12 @@ def solve(
         has_aux: ``residual_fn`` returns ``(residual, aux)``; ``sol.aux`` is aux at the solution.
         jac: ``"auto"`` (forward mode when there are fewer unknowns than residuals), ``"fwd"``
             or ``"rev"``: how the dense Jacobian is formed.
+        jac_sparsity: optional boolean ``(m, n)`` pattern of the Jacobian (rows: the flattened
+            residual; columns: the flattened tangent of ``init``), as in SciPy's
+            ``least_squares``; a :class:`jaxnlls.JacobianSparsity` is accepted too. Columns that
+            share no row are probed by one JVP (greedy coloring), so a pose graph needs a few
+            JVPs instead of one per unknown. The pattern must cover every nonzero: entries it
+            marks zero are taken as zero, unchecked.
 
     Returns:
         A :class:`Solution` with ``value``, ``result``, ``stats`` and ``aux``.
@@ -213,4 +221,18 @@ def solve(
         raise TypeError(f"solve: adjoint must be a jaxnlls adjoint; got {type(adjoint).__name__}")
     if jac not in ("auto", "fwd", "rev"):
         raise ValueError(f"solve: jac must be 'auto', 'fwd' or 'rev'; got {jac!r}")
-    return _solve(residual_fn, init, params, solver, adjoint, int(max_steps), throw, has_aux, jac)
+    sparsity = None
+    if jac_sparsity is not None:
+        sparsity = (
+            jac_sparsity
+            if isinstance(jac_sparsity, JacobianSparsity)
+            else JacobianSparsity(jac_sparsity)
+        )
+        if not solver.linear_solver.needs_matrix:
+            raise ValueError(
+                "solve: jac_sparsity needs a materialized Jacobian; the matrix-free linear "
+                f"solver {type(solver.linear_solver).__name__} does not use one"
+            )
+    return _solve(
+        residual_fn, init, params, solver, adjoint, int(max_steps), throw, has_aux, jac, sparsity
+    )

@@ -7,5 +7,6 @@ from ._tree import (
     retract as retract,
     tangent_ravel as tangent_ravel,
     tangent_size as tangent_size,
+    tangent_to_ambient as tangent_to_ambient,
     tangent_zeros as tangent_zeros,
 )

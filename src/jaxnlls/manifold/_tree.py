@@ -36,6 +36,35 @@ def local(x: Any, y: Any) -> Any:
     return jax.tree.map(leaf, x, y, is_leaf=is_manifold)
 
 
+def _ambient_leaf(xi, di):
+    """Directional derivative of ``xi ⊕ δ`` at ``δ = 0`` along ``di`` (a tangent of ``xi``).
+
+    Uses the closed-form ``retract_jac`` of a manifold leaf when it has one and holds a single
+    parameter array (the Lie groups); otherwise differentiates ``retract`` itself.
+    """
+    if not is_manifold(xi):
+        return di.astype(jnp.result_type(xi))
+    params, treedef = jax.tree.flatten(xi)
+    jac = getattr(xi, "retract_jac", None)
+    if jac is not None and len(params) == 1:
+        # multiply-reduce, not einsum: a batched dot_general of tiny matrices is slow on CPU
+        dp = jnp.sum(jac() * di.astype(params[0].dtype)[..., None, :], axis=-1)
+        return jax.tree.unflatten(treedef, [dp])
+    zero = jnp.zeros_like(di)
+    return jax.jvp(lambda d: xi.retract(d), (zero,), (di,))[1]
+
+
+def tangent_to_ambient(x: Any, delta: Any) -> Any:
+    """Push a tangent pytree forward to a parameter-space tangent of ``x``: the derivative of
+    ``t ↦ retract(x, t·δ)`` at ``t = 0``, with the same pytree structure as ``x``.
+
+    ``jax.jvp(f, (x,), (tangent_to_ambient(x, δ),))`` equals the JVP of ``f(retract(x, ·))`` at
+    zero along ``δ``, without differentiating ``Exp`` (its Taylor branches cost as much as the
+    residual's own JVP on small problems).
+    """
+    return jax.tree.map(_ambient_leaf, x, delta, is_leaf=is_manifold)
+
+
 def tangent_zeros(x: Any) -> Any:
     """A zero tangent pytree for ``x`` (same structure, manifold leaves replaced by arrays)."""
 
