@@ -196,13 +196,16 @@ def _loop_graph(n_poses, dt, seed=0):
 
 
 @pytest.mark.parametrize("damping", [1e-3, 0.0])
-def test_supernodal_step_equals_dense_and_qdldl(damping, requires_x64):
-    """The block supernodal sparse Cholesky gives the dense (and qdldl) damped GN step."""
+@pytest.mark.parametrize("min_batch", [1, 10**9], ids=["leaves_batched", "all_looped"])
+def test_supernodal_step_equals_dense_and_qdldl(damping, min_batch, requires_x64, monkeypatch):
+    """The block supernodal sparse Cholesky gives the dense (and qdldl) damped GN step, with
+    the leaves of the elimination tree factored in batches or one by one."""
     pytest.importorskip("scipy")
     from jaxnlls.linear import DenseCholesky
-    from jaxnlls.linear._sparse import SparseCholesky, host_factor
+    from jaxnlls.linear._sparse import SparseCholesky, _Supernodal, host_factor
 
-    g, vals = _loop_graph(40, jnp.float64)
+    monkeypatch.setattr(_Supernodal, "min_batch", min_batch)
+    g, vals = _loop_graph(40 + (min_batch == 1), jnp.float64)  # distinct pattern per case
     lin = g.linearize(vals)
     n = g.tangent_size
     d = jnp.full((n,), damping)
@@ -212,6 +215,7 @@ def test_supernodal_step_equals_dense_and_qdldl(damping, requires_x64):
     fac = host_factor(g.structure.layout, "supernodal")
     assert fac.backend == "supernodal" and fac.supernodal is not None
     assert 1 < fac.supernodal.n_supernodes < 40  # several variables per supernode
+    assert (fac.supernodal.n_batched > 0) == (min_batch == 1)
     np.testing.assert_allclose(np.asarray(sn), ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
     if importlib.util.find_spec("qdldl") is not None:
         qd = np.asarray(SparseCholesky("qdldl").solve(lin, d)[0])
