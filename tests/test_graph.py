@@ -458,3 +458,60 @@ def test_robust_loss_per_group(tol):
     sol = g2.solve(init)
     assert int(sol.result) == 0
     del rest
+
+
+# ----------------------------------------------------------------------------- restart strategy
+def _lm(**kw):
+    from jaxnlls.graph import GraphLevenbergMarquardt
+
+    return GraphLevenbergMarquardt(rtol=1e-7, atol=1e-10, linear_solver=DenseCholesky(), **kw)
+
+
+def test_restart_only_when_plain_lm_has_not_converged():
+    from jaxnlls.graph import default_solver
+
+    graph, init, _ = small_graph(0, landmarks=0)
+    assert default_solver(graph.structure).restart_after == 25
+    with pytest.raises(ValueError, match="restart_after"):
+        _lm(restart_after=3, diagonal=True)
+    plain = graph.solve(init, solver=_lm())
+    assert int(plain.result) == 0 and int(plain.stats.steps) < 25
+    with_restart = graph.solve(init, solver=_lm(restart_after=25))
+    assert int(with_restart.stats.steps) == int(plain.stats.steps)
+    np.testing.assert_array_equal(with_restart.value.get(Pose).params,
+                                  plain.value.get(Pose).params)
+
+
+def test_restart_returns_the_lower_of_plain_and_diagonal_runs(tol):
+    """Cut the plain run after k steps: the result is the better of (plain LM for k steps) and
+    (diagonal-damping LM from the initial values for max_steps - k), each solved on its own."""
+    graph, init, _ = small_graph(3, n=9, noise=0.3, landmarks=0, prior_on=False)
+    init = VarValues.make({Pose(np.arange(9)): _perturb(init.get(Pose), np.random.default_rng(1),
+                                                        0.8)})
+    k, max_steps = 2, 60
+    plain = graph.solve(init, solver=_lm(), max_steps=k, throw=False)
+    assert int(plain.result) == int(jaxnlls.RESULTS.max_steps_reached)  # so it restarts
+    diag = graph.solve(init, solver=_lm(diagonal=True, factor=3.0), max_steps=max_steps - k,
+                       throw=False)
+    solver = _lm(restart_after=k)
+    sol = graph.solve(init, solver=solver, max_steps=max_steps, throw=False)
+    best = diag if float(diag.stats.final_cost) <= float(plain.stats.final_cost) else plain
+    assert int(sol.result) == int(best.result)
+    assert int(sol.stats.steps) == k + int(diag.stats.steps)
+    np.testing.assert_allclose(float(sol.stats.final_cost), float(best.stats.final_cost),
+                               rtol=tol.rtol)
+    np.testing.assert_allclose(sol.value.get(Pose).params, best.value.get(Pose).params,
+                               rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)
+    # under vmap, a member that converges within k steps (started at the solution) is left
+    # alone by the restart of the other
+    single = graph.solve(sol.value, solver=solver, max_steps=max_steps, throw=False)
+    assert int(single.stats.steps) <= k
+    data = stack_data([graph.data, graph.data])
+    inits = jax.tree.map(lambda *xs: jnp.stack(xs), init, sol.value)
+    batched = jax.vmap(
+        lambda d, i: graph.solve(i, data=d, solver=solver, max_steps=max_steps, throw=False)
+    )(data, inits)
+    for b, s in ((0, sol), (1, single)):
+        assert int(batched.stats.steps[b]) == int(s.stats.steps)
+        np.testing.assert_allclose(batched.value.get(Pose).params[b], s.value.get(Pose).params,
+                                   rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)

@@ -41,7 +41,9 @@ SLOW = [
 ]
 # GTSAM itself did not converge on these (see reference_costs.json: "reference_converged"):
 # input_INTEL_g2o has information matrices with eigenvalue ratios down to 4e-12 and plain LM
-# makes no step; sphere_bignoise is the large-noise sphere with many local minima.
+# makes no step; sphere_bignoise is the large-noise sphere with many local minima. The default
+# solve converges on both (plain LM for 25 steps, then the restart with diagonal damping of
+# ``jaxnlls.graph._restart``; INTEL needs ~2500 steps, so the cap is raised).
 HARD = ["pgo2d/input_INTEL_g2o.g2o", "pgo3d/sphere_bignoise_vertex3.g2o"]
 
 
@@ -90,7 +92,7 @@ def test_pgo_file_matches_gtsam_slow(shared_data, rel):
 @pytest.mark.slow
 @pytest.mark.parametrize("rel", HARD)
 def test_pgo_hard_file_not_worse_than_gtsam(shared_data, rel):
-    _check(shared_data, rel, max_steps=1000)
+    _check(shared_data, rel, max_steps=3000)
 
 
 def test_reference_file_covers_every_shared_graph(shared_data):
