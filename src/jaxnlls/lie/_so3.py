@@ -18,35 +18,63 @@ from ._base import (
     resolve_dtype,
 )
 from ._utils import (
+    POLY_SMALL_SQ,
+    AngleTerms,
+    angle_terms,
+    angle_terms_from_half,
     as_float,
-    jr_inv_coeff,
+    cos_half_of,
+    half_angle_over_norm,
+    jr_inv_coeff_of,
     normalize_last,
-    one_minus_cos_over_sq,
+    one_minus_cos_over_sq_of,
     quat_conj,
     quat_from_matrix_projected,
     quat_mul,
     quat_retract_jac,
     quat_rotate,
     quat_to_matrix,
-    series,
-    small_threshold,
+    sin_half_over_theta_of,
+    stack_last,
     sum_sq,
-    theta_minus_sin_over_cube,
+    theta_minus_sin_over_cube_of,
 )
+
+
+def quat_exp_from_terms(a: AngleTerms, omega: Array) -> Array:
+    """:func:`quat_exp` given the :class:`AngleTerms` of ``|ω|²`` (shared with SE(3) ``exp``)."""
+    # canonical w >= 0 (θ > π): flip the half-angle sin/cos before the coefficient functions
+    neg = a.cos_half < 0
+    a = a._replace(
+        sin_half=jnp.where(neg, -a.sin_half, a.sin_half),
+        cos_half=jnp.where(neg, -a.cos_half, a.cos_half),
+    )
+    w = cos_half_of(a)
+    k = sin_half_over_theta_of(a)
+    return stack_last([w, k * omega[..., 0], k * omega[..., 1], k * omega[..., 2]])
 
 
 def quat_exp(omega: Array) -> Array:
     """Unit quaternion ``(cos(θ/2), sin(θ/2) ω/θ)`` with ``w >= 0`` (sign flipped for ``θ > π``)."""
-    t2 = sum_sq(omega)
-    # one shared double-where switch for cos(θ/2) and sin(θ/2)/θ (finite gradients at 0)
-    thr = small_threshold(t2.dtype, order=2, n_terms=4)
-    small = t2 < thr
-    theta = jnp.sqrt(jnp.where(small, jnp.ones_like(t2), t2))
-    half = 0.5 * theta
-    w = jnp.where(small, series(t2, (1.0, -1 / 8, 1 / 384, -1 / 46080)), jnp.cos(half))
-    k = jnp.where(small, series(t2, (0.5, -1 / 48, 1 / 3840, -1 / 645120)), jnp.sin(half) / theta)
+    return quat_exp_from_terms(angle_terms(sum_sq(omega)), omega)
+
+
+def quat_log_terms(q: Array) -> tuple[Array, AngleTerms]:
+    """Rotation vector of ``q`` and the :class:`AngleTerms` of its angle (no extra sin/cos)."""
+    w = q[..., 0]
+    v = q[..., 1:]
     sign = jnp.where(w < 0, -1.0, 1.0).astype(w.dtype)
-    return jnp.concatenate([(sign * w)[..., None], (sign * k)[..., None] * omega], axis=-1)
+    wa = sign * w  # |w|, with derivative +1 at w = 0 (the sign of (x, y, z) is kept there)
+    n2 = sum_sq(v)
+    factor = 2.0 * half_angle_over_norm(wa, n2)  # θ / n
+    omega = (sign * factor)[..., None] * v
+    theta_sq = factor * factor * n2
+    # sin(θ/2) = n / |q|, cos(θ/2) = |w| / |q|; only used outside the polynomial region (θ ≥ π/2)
+    big = theta_sq >= POLY_SMALL_SQ
+    n2_safe = jnp.where(big, n2, jnp.ones_like(n2))
+    inv_norm = jax.lax.rsqrt(n2_safe + wa * wa)
+    terms = angle_terms_from_half(theta_sq, jnp.sqrt(n2_safe) * inv_norm, wa * inv_norm)
+    return omega, terms
 
 
 def quat_log(q: Array) -> Array:
@@ -55,22 +83,11 @@ def quat_log(q: Array) -> Array:
     ``q`` and ``-q`` give the same result except at exactly ``π`` (``w = 0``), where the sign of
     ``(x, y, z)`` is kept. The gradient is finite everywhere except at ``q = 0``.
     """
-    q = jnp.where(q[..., :1] < 0, -q, q)
     w = q[..., 0]
     v = q[..., 1:]
-    n2 = sum_sq(v)
-    w2 = w * w
-    # factor = 2 atan2(n, w) / n; near n = 0 (w ≈ 1): 2/w · (1 - x²/3 + x⁴/5 - x⁶/7), x = n/w.
-    thr = small_threshold(q.dtype, order=4, n_terms=4)
-    small = n2 < thr * w2
-    n2_safe = jnp.where(small, jnp.ones_like(n2), n2)
-    w_safe = jnp.where(small, w, jnp.ones_like(w))  # w > 0 wherever small
-    x2 = n2 / (w_safe * w_safe)
-    series = (2.0 / w_safe) * (1.0 + x2 * (-1 / 3 + x2 * (1 / 5 + x2 * (-1 / 7))))
-    n_safe = jnp.sqrt(n2_safe)
-    exact = 2.0 * jnp.arctan2(n_safe, w) / n_safe
-    factor = jnp.where(small, series, exact)
-    return factor[..., None] * v
+    sign = jnp.where(w < 0, -1.0, 1.0).astype(w.dtype)
+    factor = 2.0 * half_angle_over_norm(sign * w, sum_sq(v))
+    return (sign * factor)[..., None] * v
 
 
 def _lin3(a: Array, b: Array, c: Array, w: Array) -> Array:
@@ -81,22 +98,27 @@ def _lin3(a: Array, b: Array, c: Array, w: Array) -> Array:
         jnp.stack([b * z + c * y * x, a + c * y * y, -b * x + c * y * z], -1),
         jnp.stack([-b * y + c * z * x, b * x + c * z * y, a + c * z * z], -1),
     ]
+    # (for these 9 entries a nested stack beats a ``stack_last``-style select chain)
     return jnp.stack(rows, -2)
 
 
 def so3_jac_right(omega: Array) -> Array:
     """``J_r(ω) = I - (1 - cos θ)/θ² ω̂ + (θ - sin θ)/θ³ ω̂²`` (with ``ω̂² = ωωᵀ - θ² I``)."""
     t2 = sum_sq(omega)
-    b = one_minus_cos_over_sq(t2)
-    c = theta_minus_sin_over_cube(t2)
+    a = angle_terms(t2)
+    b = one_minus_cos_over_sq_of(a)
+    c = theta_minus_sin_over_cube_of(a)
     return _lin3(1.0 - c * t2, -b, c, omega)
+
+
+def so3_jac_right_inv_from_terms(a: AngleTerms, omega: Array) -> Array:
+    d = jr_inv_coeff_of(a)
+    return _lin3(1.0 - d * a.theta_sq, jnp.full_like(d, 0.5), d, omega)
 
 
 def so3_jac_right_inv(omega: Array) -> Array:
     """``J_r⁻¹(ω) = I + ½ ω̂ + (1/θ² - (1 + cos θ)/(2 θ sin θ)) ω̂²`` (finite up to ``θ < 2π``)."""
-    t2 = sum_sq(omega)
-    d = jr_inv_coeff(t2)
-    return _lin3(1.0 - d * t2, jnp.full_like(t2, 0.5), d, omega)
+    return so3_jac_right_inv_from_terms(angle_terms(sum_sq(omega)), omega)
 
 
 def _rpy_to_quat(roll: Array, pitch: Array, yaw: Array) -> Array:
