@@ -14,6 +14,7 @@ from .._misc import all_finite, stop_gradient_arrays
 from .._solution import RESULTS, Solution, Stats
 from ..linear import AbstractStepSolver, DenseCholesky
 from ..linear._blocksparse import BlockSparseLinearization
+from ..linear._dense import LOOP_N
 from ..linear._pcg import BlockJacobiPCG, pcg
 from ..linear._schur import SchurComplement
 from ..linear._sparse import SparseCholesky
@@ -24,7 +25,12 @@ from ._lm import GraphLevenbergMarquardt
 from ._var import Var, VarValues
 
 #: Tangent sizes up to this use the dense Cholesky step (and batch well under ``vmap``).
-DENSE_MAX = 600
+#: Dense Cholesky up to this many tangent coordinates: the size up to which dense solves run our
+#: own loop Cholesky (``linear._dense.LOOP_N``). Beyond it dense means XLA's batched LAPACK
+#: ``potrf``, which deadlocks under ``vmap`` inside the solve loop in jaxlib 0.10.2 (seen at
+#: 256 graphs × 384 coordinates and at 4,096 × 30); the host sparse solve has no such problem
+#: and is faster there anyway (256 generated 128-pose graphs: 2.9 ms per graph forward).
+DENSE_MAX = LOOP_N
 #: The Schur complement is chosen automatically when the reduced system is at most this big.
 SCHUR_REDUCED_MAX = 2000
 
@@ -33,14 +39,14 @@ def auto_linear_solver(structure: G.GraphStructure) -> AbstractStepSolver:
     """The default step solver for a graph structure (the rule, in order):
 
     1. not on CPU (GPU/TPU): :class:`BlockJacobiPCG` (no host callbacks);
-    2. tangent size ``≤ DENSE_MAX`` (600): dense Cholesky (fast, and vmaps well);
+    2. tangent size ``≤ DENSE_MAX`` (128): dense Cholesky (fast, and vmaps well);
     3. a variable type that no factor touches twice, whose tangent block is at least as big as
        all the others together, with the others ``≤ SCHUR_REDUCED_MAX`` (2000) coordinates
        (bundle adjustment: points vs cameras): :class:`SchurComplement` eliminating it;
     4. otherwise :class:`SparseCholesky` (host qdldl/scipy, symbolic analysis once).
 
-    For batches of graphs under ``vmap`` with more than 600 tangent coordinates, pass
-    ``linear_solver=BlockJacobiPCG()`` (host callbacks run sequentially per batch member).
+    Under ``vmap`` the host sparse solve runs sequentially per batch member (a host callback);
+    ``linear_solver=BlockJacobiPCG()`` keeps everything on the device instead.
     """
     if jax.default_backend() != "cpu":
         return BlockJacobiPCG()
