@@ -14,9 +14,8 @@ graphs of ``--n-poses`` poses sharing one structure (odometry chain + ``n_poses 
 closures, sigma = (0.05, 0.05, 0.02)), started from dead reckoning; the same defaults as
 ``pgo.py --batched-only`` (``n_loops = n_poses // 2``, ``--max-steps 100``).
 
-jaxnlls (this venv, float64): the code path of ``bench/pgo.py``'s ``run_batched`` (mirrored in
-``jaxnlls_side`` so that one compile also yields the per-graph arrays the check needs;
-``--also-run-batched`` additionally times ``run_batched`` itself): one ``jit(vmap(solve))`` of
+jaxnlls (this venv, float64; ``jaxnlls_side``, also what ``bench/pgo.py --batched-only`` runs):
+one ``jit(vmap(solve))`` of
 ``FactorGraph.solve`` (default LM, pose 0 held fixed by ``gauge="auto"``), and
 ``jit(value_and_grad)`` of loss = mean squared translation of the solutions with respect to the
 measurements (implicit adjoint). Compile time = first call minus the steady-state median of
@@ -59,15 +58,16 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from pgo import _generated_batch, run_batched  # noqa: E402
+from pgo import _generated_batch  # noqa: E402
 
 PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
 PEER = HERE / "peer_theseus_batched.py"
 
 
 def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int) -> dict:
-    """``run_batched``'s code path (same graph, ``solve_one``, loss and timing), which also
-    returns the per-graph final costs, poses and gradients for the check (one compile each)."""
+    """The jaxnlls side (``bench/pgo.py --batched-only`` calls it too): one ``jit(vmap(solve))``
+    and one ``jit(value_and_grad)``; returns ``(summary, per-graph arrays)`` (final costs, poses
+    and gradients, for the check against Theseus)."""
     import jax.numpy as jnp
 
     import jaxnlls
@@ -224,11 +224,6 @@ def main() -> None:
     ap.add_argument("--theseus-backward", default="implicit", help="implicit,unroll")
     ap.add_argument("--theseus-linear", default="cholmod", choices=["cholmod", "dense"])
     ap.add_argument("--peer-timeout", type=float, default=3600.0)
-    ap.add_argument(
-        "--also-run-batched",
-        action="store_true",
-        help="also time bench/pgo.py's run_batched itself (compiles again) as a cross-check",
-    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     n_loops = args.n_poses // 2 if args.n_loops is None else args.n_loops
@@ -255,10 +250,6 @@ def main() -> None:
     print(f"jaxnlls: {args.n_graphs} x {args.n_poses} ...", file=sys.stderr, flush=True)
     j, ja = jaxnlls_side(edges, z, init, sqrt_info, args.repeats, args.max_steps)
     out["jaxnlls"] = j
-    if args.also_run_batched:
-        print("jaxnlls: pgo.run_batched (cross-check) ...", file=sys.stderr, flush=True)
-        rb = run_batched(args.n_graphs, args.n_poses, n_loops, args.repeats, args.max_steps)
-        out["jaxnlls_run_batched"] = rb
 
     rows = [
         {
@@ -278,13 +269,6 @@ def main() -> None:
                   np.arctan2(ja["poses"][..., 1], ja["poses"][..., 0])], -1),
     )  # fmt: skip
     check["jaxnlls_final_cost_vs_numpy_max_rel"] = float(np.max(np.abs(ja["cost"] - ja_np) / ja_np))
-    if args.also_run_batched:
-        check["jaxnlls_mean_cost_vs_pgo_run_batched_rel"] = float(
-            abs(rb["mean_final_cost"] - j["mean_final_cost"]) / j["mean_final_cost"]
-        )
-        check["pgo_run_batched_fwd_s / fwd_bwd_s / compile"] = [
-            rb["fwd_s"], rb["fwd_bwd_s"], rb["fwd_compile_s"], rb["fwd_bwd_compile_s"]
-        ]
 
     if not args.no_theseus:
         print("theseus: subprocess ...", file=sys.stderr, flush=True)

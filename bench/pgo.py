@@ -179,79 +179,13 @@ def _generated_batch(n_graphs: int, n_poses: int, n_loops: int, seed: int = 0):
 
 
 def run_batched(n_graphs: int, n_poses: int, n_loops: int, repeats: int, max_steps: int) -> dict:
-    import jax.numpy as jnp
-
-    import jaxnlls
-    from jaxnlls.io import PoseGraph, pose_graph_to_factor_graph
-    from jaxnlls.lie import SE2
+    """jaxnlls on the generated batch: ``bench/batched_graphs.py``'s ``jaxnlls_side`` (one code
+    path for both benches; that script adds Theseus on the same data)."""
+    from batched_graphs import jaxnlls_side
 
     edges, z, init, sqrt_info = _generated_batch(n_graphs, n_poses, n_loops)
-    info = np.broadcast_to(sqrt_info.T @ sqrt_info, (len(edges), 3, 3)).copy()
-    template = PoseGraph(
-        dim=2,
-        ids=np.arange(n_poses),
-        poses=init[0],
-        edges=edges,
-        measurements=z[0],
-        information=info,
-    )
-    t0 = time.perf_counter()
-    fg, init0, pose_t = pose_graph_to_factor_graph(template)
-    build_s = time.perf_counter() - t0
-    ((args0, loss0),) = fg.data  # one factor group: (None, None, z: SE2, sqrt_info), no robust loss
-    sqrt_l = args0[3]
-
-    def to_params(p):
-        return SE2.from_xy_theta(p[..., 0], p[..., 1], p[..., 2]).params
-
-    z_params = to_params(jnp.asarray(z))  # (B, E, 4)
-    x0_params = to_params(jnp.asarray(init))  # (B, N, 4)
-
-    def solve_one(zp, xp):
-        data = (((None, None, SE2(zp), sqrt_l), loss0),)
-        sol = fg.solve(init0.replace(pose_t, SE2(xp)), data, max_steps=max_steps, throw=False)
-        return sol.value.get(pose_t).params, sol.result, sol.stats.steps, sol.stats.final_cost
-
-    fwd = jax.jit(jax.vmap(solve_one))
-
-    def loss(zp, xp):
-        params = jax.vmap(solve_one)(zp, xp)[0]
-        return jnp.mean(jnp.sum(params[..., 2:] ** 2, axis=-1))
-
-    fwd_bwd = jax.jit(jax.value_and_grad(loss))
-
-    def timed(fn, *a):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*a))
-        first = time.perf_counter() - t0
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(*a))
-            ts.append(time.perf_counter() - t0)
-        return out, first, statistics.median(ts)
-
-    (xs, res, steps, costs), fwd_first, fwd_s = timed(fwd, z_params, x0_params)
-    (_, g), fb_first, fb_s = timed(fwd_bwd, z_params, x0_params)
-    ok = np.asarray(res) == jaxnlls.RESULTS.successful
-    return {
-        "n_graphs": n_graphs,
-        "n_poses": n_poses,
-        "n_edges": int(len(edges)),
-        "build_s": build_s,
-        "linear_solver": type(_default_linear_solver(fg)).__name__,
-        "converged": int(ok.sum()),
-        "max_iterations": int(np.max(steps)),
-        "mean_iterations": float(np.mean(steps)),
-        "mean_final_cost": float(np.mean(costs)),
-        "fwd_compile_s": max(fwd_first - fwd_s, 0.0),
-        "fwd_s": fwd_s,
-        "fwd_per_graph_ms": 1e3 * fwd_s / n_graphs,
-        "fwd_bwd_compile_s": max(fb_first - fb_s, 0.0),
-        "fwd_bwd_s": fb_s,
-        "bwd_per_graph_ms": 1e3 * max(fb_s - fwd_s, 0.0) / n_graphs,
-        "grad_finite": bool(np.all(np.isfinite(np.asarray(g)))),
-    }
+    summary, _ = jaxnlls_side(edges, z, init, sqrt_info, repeats, max_steps)
+    return summary
 
 
 def _ratio(a, b) -> str:
