@@ -9,6 +9,7 @@ seconds on a loaded 2-core machine), so only two small graphs run by default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -105,3 +106,49 @@ def test_reference_file_covers_every_shared_graph(shared_data):
         # GTSAM's graph.error and the numpy residual agreed when the file was written
         assert r["final_cost"] == pytest.approx(r["final_cost_numpy"], rel=1e-8, abs=1e-10), rel
         assert r["reference_cost"] <= r["initial_cost"], rel
+
+
+def _solve_with_gauge(shared_data, rel, gauge, solver=None, max_steps=200):
+    pg = read_pose_graph(shared_data / rel)
+    fg, init, pose_t = pose_graph_to_factor_graph(pg, gauge=gauge)
+    sol = fg.solve(init, solver=solver, max_steps=max_steps, throw=False)
+    return pg, group_to_poses(sol.value.get(pose_t)), sol
+
+
+def _relative_to_first(pg, poses):
+    """Poses expressed in the first pose's frame (gauge-free), via the numpy SE(2)/SE(3) maths."""
+    from jaxnlls.io import poses_to_group
+
+    x = poses_to_group(poses, pg.dim)
+    return group_to_poses(x[0].inverse() @ x)
+
+
+@pytest.mark.parametrize("rel", DEFAULT)
+def test_prior_gauge_reaches_the_fixed_gauge_optimum(shared_data, rel):
+    """GTSAM's gauge (unit prior on pose 0) and ours (pose 0 held) are the same optimum."""
+    x64 = jax.config.read("jax_enable_x64")
+    pg, fixed, _ = _solve_with_gauge(shared_data, rel, "auto")
+    _, soft, sol = _solve_with_gauge(shared_data, rel, "prior")
+    assert not np.allclose(soft[0], pg.poses[0], rtol=0, atol=0) or pg.cost(fixed) < 1e-8
+    np.testing.assert_allclose(pg.cost(soft), pg.cost(fixed), rtol=1e-8 if x64 else 1e-3,
+                               atol=1e-9)
+    a, b = _relative_to_first(pg, fixed), _relative_to_first(pg, soft)
+    np.testing.assert_allclose(a, b, atol=1e-6 if x64 else 1e-2)
+
+
+@pytest.mark.slow
+def test_prior_gauge_follows_gtsam_plain_lm_on_m3500a(shared_data):
+    """With GTSAM's gauge and plain LM (no restart), M3500a lands in GTSAM's own minimum: the
+    fixed gauge changes the damped steps enough to pick another basin there (3878 vs 3609)."""
+    from jaxnlls.graph import default_solver
+
+    rel = "pgo2d/input_M3500a_g2o.g2o"
+    pg = read_pose_graph(shared_data / rel)
+    fg, init, pose_t = pose_graph_to_factor_graph(pg, gauge="prior")
+    solver = dataclasses.replace(default_solver(fg.structure), restart_after=-1)
+    sol = fg.solve(init, solver=solver, max_steps=200, throw=False)
+    assert int(sol.result) == jaxnlls.RESULTS.successful
+    cost = pg.cost(group_to_poses(sol.value.get(pose_t)))
+    ref = _references()[rel]
+    assert not ref["diagonal_damping"]  # the reference is GTSAM's plain LM here
+    np.testing.assert_allclose(cost, ref["reference_cost"], rtol=1e-6)

@@ -64,7 +64,7 @@ def add_pgo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="optimize a pose graph (g2o VERTEX_SE2/EDGE_SE2, VERTEX_SE3:QUAT/EDGE_SE3:QUAT, "
         "or TORO VERTEX2/EDGE2)",
         description="Optimize a 2D/3D pose graph from a g2o or TORO file: between factors "
-        "whitened by the full information matrix, first pose held fixed (gauge), cost "
+        "whitened by the full information matrix, first pose held fixed (gauge; --gauge prior for GTSAM's prior), cost "
         "0.5*sum||r||^2 (the GTSAM convention). Files without vertices are initialized by "
         "chaining odometry. Non-positive-definite information matrices are an error "
         "(exit code 2) unless --fix-information.",
@@ -76,6 +76,13 @@ def add_pgo_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="project non-positive-definite / singular information matrices to the nearest "
         "positive-definite matrix (eigenvalue clipping) instead of stopping",
+    )
+    p.add_argument(
+        "--gauge",
+        default="auto",
+        choices=["auto", "prior"],
+        help="'auto' (default): hold the first pose fixed; 'prior': GTSAM's unit-weight prior on "
+        "the first pose (LM then follows GTSAM's iterates step for step)",
     )
     _add_common(p)
     p.set_defaults(func=run_pgo)
@@ -248,7 +255,7 @@ def _run_pgo(args, pg) -> int:
             flush=True,
         )
     t0 = time.perf_counter()
-    fg, init, pose_t = pose_graph_to_factor_graph(pg)
+    fg, init, pose_t = pose_graph_to_factor_graph(pg, gauge=args.gauge)
     build_s = time.perf_counter() - t0
     solver = _make_solver(args, fg.structure, verbose=not args.json)
     if not args.json:

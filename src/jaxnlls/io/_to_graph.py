@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..factors import BalCamera, BalPoint, bal_reprojection, between
+from ..factors import BalCamera, BalPoint, bal_reprojection, between, prior
 from ..graph import FactorGraph, Var, VarValues
 from ..lie import SE2, SE3
 from ._bal import BALProblem
@@ -64,8 +64,12 @@ def pose_graph_to_factor_graph(
     Args:
         graph: a :class:`PoseGraph` from :func:`read_g2o` / :func:`read_toro`.
         dtype: float dtype of the values and factor data (default: JAX's default float).
-        gauge: passed to :meth:`FactorGraph.build`; ``"auto"`` holds the first pose fixed
-            (no prior factor, so the cost is exactly the file's between cost).
+        gauge: ``"auto"`` (default) holds the first pose fixed (no prior factor, so the cost
+            is exactly the file's between cost); ``"prior"`` adds GTSAM's gauge instead, a
+            unit-weight prior factor on the first pose at its initial value (that pose then
+            moves inside each damped step, so LM follows GTSAM's iterates step for step; the
+            prior's residual at the optimum is ~0). Anything else is passed to
+            :meth:`FactorGraph.build`.
 
     Returns:
         ``(factor_graph, initial_values, Pose)`` where ``Pose`` is :class:`PoseSE2` or
@@ -76,10 +80,13 @@ def pose_graph_to_factor_graph(
     z = poses_to_group(graph.measurements, graph.dim, dt)
     sqrt_info = jnp.asarray(graph.sqrt_information(), dt)
     factors = [between(pose_t(graph.edges[:, 0]), pose_t(graph.edges[:, 1]), z, sqrt_info)]
+    x0 = poses_to_group(graph.poses, graph.dim, dt)
+    if gauge == "prior":
+        eye = jnp.eye(3 if graph.dim == 2 else 6, dtype=dt)
+        factors.append(prior(pose_t(0), x0[0], eye))
+        gauge = None
     fg = FactorGraph.build(factors, gauge=gauge)
-    init = VarValues.make(
-        {pose_t(np.arange(graph.n_poses)): poses_to_group(graph.poses, graph.dim, dt)}
-    )
+    init = VarValues.make({pose_t(np.arange(graph.n_poses)): x0})
     return fg, init, pose_t
 
 
