@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from .._misc import safe_div
 from ..linear import AbstractStepSolver, DenseCholesky
@@ -13,6 +13,8 @@ from ..solvers import AbstractSolver
 
 class GraphLMState(eqx.Module):
     damping: Float[Array, ""]
+    diagonal: Bool[Array, ""]  # traced, so the restart switches mode inside one loop
+    factor: Float[Array, ""]
 
 
 class GraphLevenbergMarquardt(AbstractSolver):
@@ -69,18 +71,25 @@ class GraphLevenbergMarquardt(AbstractSolver):
                              "restart switches to diagonal damping)")
 
     def init(self, lin, cost, x_norm):
-        return GraphLMState(jnp.asarray(self.initial_damping, lin.residual.dtype))
+        dtype = lin.residual.dtype
+        return GraphLMState(
+            jnp.asarray(self.initial_damping, dtype),
+            jnp.asarray(self.diagonal),
+            jnp.asarray(self.factor, dtype),
+        )
 
     def propose(self, lin, grad, aux):
         n = grad.shape[0]
-        if self.diagonal:  # Ceres / GTSAM diagonalDamping: λ·clip(diag JᵀJ)
+        if self.diagonal or self.restart_after >= 0:  # Ceres / GTSAM diagonalDamping: λ·clip(diag JᵀJ)
             d = jnp.maximum(lin.gram_diag(), self.min_diagonal).astype(grad.dtype)
+            if not self.diagonal:  # the restart's mode flag decides
+                d = jnp.where(aux.diagonal, d, jnp.ones_like(d))
             return self.linear_solver.solve(lin, aux.damping * d, -grad)
         return self.linear_solver.solve(lin, jnp.full((n,), aux.damping, grad.dtype), -grad)
 
     def update(self, aux, actual, predicted, finite, delta, lin):
         rho = jnp.where(finite & (predicted > 0), safe_div(actual, predicted), -1.0)
         accept = finite & (rho > self.accept) & (actual > 0)
-        lam = jnp.where(accept, aux.damping / self.factor, aux.damping * self.factor)
+        lam = jnp.where(accept, aux.damping / aux.factor, aux.damping * aux.factor)
         lam = jnp.clip(lam, self.min_damping, self.max_damping)
-        return accept, GraphLMState(lam.astype(aux.damping.dtype))
+        return accept, GraphLMState(lam.astype(aux.damping.dtype), aux.diagonal, aux.factor)
