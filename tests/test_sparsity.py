@@ -137,7 +137,8 @@ def test_same_pattern_does_not_retrace():
 
 def test_bad_sparsity_inputs_are_named():
     residual, x, params, pat = _loop_graph()
-    with pytest.raises(ValueError, match=r"jac_sparsity has shape \(24, 20\); expected .*\(26, 20\)"):
+    shape_msg = r"jac_sparsity has shape \(24, 20\); expected .*\(26, 20\)"
+    with pytest.raises(ValueError, match=shape_msg):
         jaxnlls.solve(residual, x, params, jac_sparsity=pat[:-2])
     with pytest.raises(ValueError, match="2-D"):
         jaxnlls.solve(residual, x, params, jac_sparsity=pat[0])

@@ -64,7 +64,8 @@ def add_pgo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="optimize a pose graph (g2o VERTEX_SE2/EDGE_SE2, VERTEX_SE3:QUAT/EDGE_SE3:QUAT, "
         "or TORO VERTEX2/EDGE2)",
         description="Optimize a 2D/3D pose graph from a g2o or TORO file: between factors "
-        "whitened by the full information matrix, first pose held fixed (gauge; --gauge prior for GTSAM's prior), cost "
+        "whitened by the full information matrix, first pose held fixed (gauge; --gauge prior "
+        "for GTSAM's prior), cost "
         "0.5*sum||r||^2 (the GTSAM convention). Files without vertices are initialized by "
         "chaining odometry. Non-positive-definite information matrices are an error "
         "(exit code 2) unless --fix-information.",

@@ -80,7 +80,8 @@ class GraphLevenbergMarquardt(AbstractSolver):
 
     def propose(self, lin, grad, aux):
         n = grad.shape[0]
-        if self.diagonal or self.restart_after >= 0:  # Ceres / GTSAM diagonalDamping: λ·clip(diag JᵀJ)
+        # Ceres / GTSAM diagonalDamping: λ·clip(diag JᵀJ)
+        if self.diagonal or self.restart_after >= 0:
             d = jnp.maximum(lin.gram_diag(), self.min_diagonal).astype(grad.dtype)
             if not self.diagonal:  # the restart's mode flag decides
                 d = jnp.where(aux.diagonal, d, jnp.ones_like(d))
