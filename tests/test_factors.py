@@ -247,12 +247,23 @@ def test_supernodal_not_positive_definite_falls_back():
     np.testing.assert_allclose(data[diag_pos] * x, b, rtol=1e-10)
 
 
-def test_supernodal_auto_choice_is_deterministic():
-    """``backend="auto"`` decides per pattern from the symbolic analysis only."""
+def _banded_graph(n_poses, strides):
+    edges = [(k, k + 1) for k in range(n_poses - 1)]
+    edges += [(k, k + s) for s in strides for k in range(n_poses - s)]
+    ia = np.asarray([a for a, _ in edges])
+    ib = np.asarray([b for _, b in edges])
+    z = SE3.exp(jnp.zeros((len(edges), 6), _dt()))
+    L = jnp.broadcast_to(jnp.eye(6, dtype=_dt()), (len(edges), 6, 6))
+    return FactorGraph.build([between(P3(ia), P3(ib), z, L)])
+
+
+def test_supernodal_auto_choice_follows_fill():
+    """``backend="auto"``: a chain (no fill, tiny fronts: per-supernode overhead dominates) goes
+    to qdldl; a graph with long loop closures (dense fronts) to the supernodal backend."""
     pytest.importorskip("qdldl")
     from jaxnlls.linear._sparse import _HostFactor
 
-    g, _ = _loop_graph(30, _dt())
-    a = _HostFactor(g.structure.layout, "auto").backend
-    b = _HostFactor(g.structure.layout, "auto").backend
-    assert a == b and a in ("qdldl", "supernodal")
+    chain = _HostFactor(_banded_graph(400, []).structure.layout, "auto")
+    assert chain.backend == "qdldl" and chain.supernodal is None
+    filled = _HostFactor(_banded_graph(200, [5, 11, 23]).structure.layout, "auto")
+    assert filled.backend == "supernodal" and filled.supernodal is not None

@@ -54,10 +54,17 @@ def test_coloring_is_valid(seed):
     for c in np.unique(colors):
         cols = pat[:, colors == c]
         assert np.all(cols.sum(1) <= 1), "two columns of one color share a row"
-    # greedy uses at most (max conflicts + 1) colors
-    conflict = (pat.T.astype(int) @ pat.astype(int)) > 0
-    np.fill_diagonal(conflict, False)
-    assert colors.max() + 1 <= conflict.sum(1).max() + 1
+
+
+def test_coloring_of_an_even_loop_is_optimal():
+    """A 10-pose SE(2) loop with chords (0, 5), (2, 7) is bipartite: 2 pose colors × 3."""
+    pat = np.zeros((39, 30), bool)
+    edges = [(i, (i + 1) % 10) for i in range(10)] + [(0, 5), (2, 7)]
+    for k, (i, j) in enumerate(edges):
+        pat[3 * k:3 * k + 3, 3 * i:3 * i + 3] = True
+        pat[3 * k:3 * k + 3, 3 * j:3 * j + 3] = True
+    pat[-3:, 0:3] = True
+    assert jaxnlls.JacobianSparsity(pat).n_colors == 6
 
 
 def test_compressed_jacobian_equals_dense(tol):
