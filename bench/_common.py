@@ -33,6 +33,18 @@ def machine() -> str:
             f"jax {jax.__version__} ({jax.devices()[0].platform}), python {platform.python_version()}")
 
 
+def run_header() -> dict:
+    """When and where a bench ran: the fields every JSON output starts with."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+
+
 def time_fn(fn, *args, repeats: int = 5):
     """(first-call seconds, median steady-state seconds) with block_until_ready."""
     t0 = time.perf_counter()

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import run_header  # noqa: E402
 from pgo import _generated_batch  # noqa: E402
 
 PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
@@ -230,12 +230,7 @@ def main() -> None:
     tag = f"/tmp/batched_{args.n_graphs}x{args.n_poses}_{os.getpid()}"
 
     out = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "device": str(jax.devices()[0]),
-        "jax": jax.__version__,
-        "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg(),
-        "python": platform.python_version(),
+        **run_header(),
         "n_graphs": args.n_graphs,
         "n_poses": args.n_poses,
         "n_loops": n_loops,

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from _common import run_header  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -219,12 +219,7 @@ def main() -> None:
 
     refs = json.loads(REFERENCE.read_text())["problems"] if REFERENCE.exists() else {}
     out = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "device": str(jax.devices()[0]),
-        "jax": jax.__version__,
-        "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg(),
-        "python": platform.python_version(),
+        **run_header(),
         "problems": {},
     }
     names = [] if args.batched_only else [n for n in args.problems.split(",") if n]
