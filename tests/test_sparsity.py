@@ -79,12 +79,16 @@ def test_compressed_jacobian_equals_dense(tol):
     def lin(s, x, params):
         prob = make_dense_problem(residual, x, params, matrix=True, jac="fwd", sparsity=s)
         out = prob.linearize(x)
-        return out.residual, out.jac_t
+        return out.residual, out.jac_t, out.gram_matrix, out.jtr
 
-    (r_dense, j_dense), (r_sp, j_sp) = lin_jit(x, params)
+    (r_dense, j_dense, h_dense, g_dense), (r_sp, j_sp, h_sp, g_sp) = lin_jit(x, params)
     assert np.all(np.asarray(j_dense)[~pat.T] == 0), "test pattern misses a nonzero"
     np.testing.assert_allclose(r_sp, r_dense, rtol=tol.rtol, atol=tol.atol)
     np.testing.assert_allclose(j_sp, j_dense, rtol=tol.rtol, atol=tol.atol)
+    # JᵀJ and Jᵀr formed from the compressed columns, never from the dense J
+    np.testing.assert_allclose(h_sp, j_dense @ j_dense.T, rtol=tol.rtol, atol=tol.atol)
+    np.testing.assert_allclose(g_sp, j_dense @ r_dense, rtol=tol.rtol, atol=tol.atol)
+    assert np.any(np.asarray(h_sp) == 0), "the pattern should leave structural zeros in JᵀJ"
     # and against reverse mode, which never sees the pattern
     prob = make_dense_problem(residual, x, params, matrix=True, jac="rev")
     np.testing.assert_allclose(j_sp, prob.linearize(x).jac_t, rtol=tol.rtol, atol=tol.atol)

@@ -107,11 +107,27 @@ class DenseProblem(eqx.Module):
                 # Static row picks, not a gather: XLA:CPU fused the JVPs into a gather and
                 # ran 3-4x slower than the uncompressed Jacobian (4,096 SE(2) pose graphs).
                 rows = [compressed[c] for c in sp.colors.tolist()]
-                jac_t = jnp.stack(rows) * mask_t
+                jac_t = jnp.stack(rows) * mask_t  # dead code once the loop compacts it
+                gram, jtr = _normal_equations(sp, compressed, r)
+                return DenseLinearization(r, jac_t, gram, jtr)
         else:
             r, pullback = jax.vjp(f, d0)
-            jac_t = jax.vmap(lambda u: pullback(u)[0], out_axes=1)(jnp.eye(r.shape[0], dtype=r.dtype))
+            eye_m = jnp.eye(r.shape[0], dtype=r.dtype)
+            jac_t = jax.vmap(lambda u: pullback(u)[0], out_axes=1)(eye_m)
         return DenseLinearization(r, jac_t)
+
+
+def _normal_equations(sp: JacobianSparsity, compressed, r):
+    """``JᵀJ`` and ``Jᵀr`` from the compressed Jacobian (see ``NormalEquationsPlan``)."""
+    plan = sp.normal_equations_plan()
+    dtype = compressed.dtype
+    vals = [(compressed[c1] * compressed[c2]) @ jnp.asarray(W, dtype)
+            for (c1, c2), W in plan.gram_groups]
+    vals = jnp.concatenate(vals + [jnp.zeros(1, dtype)])
+    gram = vals[plan.gram_gather].reshape(plan.n, plan.n)
+    parts = [(compressed[c] * r) @ jnp.asarray(P, dtype) for c, P in plan.jtr_groups]
+    jtr = jnp.concatenate(parts)[plan.jtr_gather]
+    return gram, jtr
 
 
 def make_dense_problem(
