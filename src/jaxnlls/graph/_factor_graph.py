@@ -24,12 +24,11 @@ from ._factor import Factor
 from ._lm import GraphLevenbergMarquardt
 from ._var import Var, VarValues
 
-#: Tangent sizes up to this use the dense Cholesky step (and batch well under ``vmap``).
-#: Dense Cholesky up to this many tangent coordinates: the size up to which dense solves run our
-#: own loop Cholesky (``linear._dense.LOOP_N``). Beyond it dense means XLA's batched LAPACK
-#: ``potrf``, which deadlocks under ``vmap`` inside the solve loop in jaxlib 0.10.2 (seen at
-#: 256 graphs × 384 coordinates and at 4,096 × 30); the host sparse solve has no such problem
-#: and is faster there anyway (256 generated 128-pose graphs: 2.9 ms per graph forward).
+#: Dense Cholesky up to this many tangent coordinates (``linear._dense.LOOP_N``). Under ``vmap``
+#: dense solves run one batched LAPACK ``potrf`` per iteration (``linear._dense._batched_rule``);
+#: beyond this size the host sparse solve is faster per graph (256 generated 128-pose graphs,
+#: 384 coordinates: 2.7 ms per graph forward, where one dense 384 × 384 factorization per graph
+#: and iteration is already ~20 MFlop).
 DENSE_MAX = LOOP_N
 #: The Schur complement is chosen automatically when the reduced system is at most this big.
 SCHUR_REDUCED_MAX = 2000
