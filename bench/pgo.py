@@ -17,7 +17,11 @@ iterations and the final cost recomputed with the numpy residual of ``PoseGraph`
 
 GTSAM side: ``/work/shared/peers/b1_pgo.py --solvers gtsam_lm`` run as a subprocess with the
 peers' Python (GTSAM LM, *default* tolerances 1e-5, max 100 iterations, unit prior on pose 0),
-the peers' own measurement. ``--theseus`` adds ``theseus_gn`` (Theseus Gauss-Newton with CHOLMOD,
+the peers' own measurement. Because GTSAM's default tolerance stops earlier than jaxnlls's
+(``rtol=1e-7``), a second GTSAM row runs in a worker under the peers' Python with relative and
+absolute error tolerance ``--gtsam-tol`` (default 1e-7, the same graph as
+``bench/gtsam_reference.py``): the time comparison at a matching stopping rule.
+``--theseus`` adds ``theseus_gn`` (Theseus Gauss-Newton with CHOLMOD,
 its fastest converging configuration in peers/BASELINE.md) the same way. The tight GTSAM optimum
 of ``bench/reference_costs.json`` is the accuracy target (``rel`` column).
 
@@ -139,6 +143,45 @@ def run_peer(rel: str, solver: str, repeats: int, timeout: float) -> dict:
     }
 
 
+def gtsam_tol_worker(rel: str, tol: float, repeats: int) -> None:
+    """Runs under the peers' Python: GTSAM LM with relative/absolute error tolerance ``tol``
+    (``bench/gtsam_reference.py``'s graph: unit prior on pose 0); prints ``RESULT {json}``."""
+    import gtsam
+    from gtsam_reference import build, load_jaxnlls_io
+
+    g = load_jaxnlls_io().read_pose_graph(DATA / rel)
+    graph, init = build(gtsam, g, with_prior=True)
+    graph_np, _ = build(gtsam, g, with_prior=False)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms caches, like the peers' script
+        params = gtsam.LevenbergMarquardtParams()
+        params.setRelativeErrorTol(tol)
+        params.setAbsoluteErrorTol(tol)
+        params.setMaxIterations(200)
+        t0 = time.perf_counter()
+        opt = gtsam.LevenbergMarquardtOptimizer(graph, init, params)
+        result = opt.optimize()
+        times.append(time.perf_counter() - t0)
+    print("RESULT " + json.dumps({"iterations": int(opt.iterations()), "tol": tol,
+                                  "final_cost": float(graph_np.error(result)),
+                                  "solve_s": statistics.median(times[1:]), "times": times[1:]}))
+
+
+def run_gtsam_tol(rel: str, tol: float, repeats: int, timeout: float) -> dict:
+    if not PEERS_PY.exists():
+        return {"error": f"{PEERS_PY} missing"}
+    cmd = [str(PEERS_PY), __file__, "--gtsam-tol-worker", rel, "--gtsam-tol", str(tol),
+           "--repeats", str(repeats)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not res:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return json.loads(res[-1][len("RESULT ") :])
+
+
 # --------------------------------------------------------------------------------------------
 # batched: 256 generated pose graphs of 128 poses
 # --------------------------------------------------------------------------------------------
@@ -205,6 +248,15 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=100)
     ap.add_argument("--no-gtsam", action="store_true")
     ap.add_argument(
+        "--gtsam-tol",
+        type=float,
+        default=1e-7,
+        help="also run GTSAM LM with this relative/absolute error tolerance (0: skip). The "
+        "peers' GTSAM row uses GTSAM's default 1e-5, which stops earlier than jaxnlls's default "
+        "rtol 1e-7; this row stops by a matching rule",
+    )
+    ap.add_argument("--gtsam-tol-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
         "--theseus",
         default="",
         help="comma-separated problems on which to also run theseus_gn (slow), or 'all'",
@@ -216,6 +268,9 @@ def main() -> None:
     ap.add_argument("--batch-poses", type=int, default=128)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    if args.gtsam_tol_worker:
+        gtsam_tol_worker(args.gtsam_tol_worker, args.gtsam_tol, args.repeats)
+        return
 
     refs = json.loads(REFERENCE.read_text())["problems"] if REFERENCE.exists() else {}
     out = {
@@ -228,6 +283,9 @@ def main() -> None:
         row = {"file": rel, "jaxnlls": run_jaxnlls(rel, args.repeats, args.max_steps)}
         if not args.no_gtsam:
             row["gtsam_lm"] = run_peer(rel, "gtsam_lm", args.repeats, args.peer_timeout)
+            if args.gtsam_tol > 0:
+                row["gtsam_lm_tol"] = run_gtsam_tol(rel, args.gtsam_tol, args.repeats,
+                                                    args.peer_timeout)
         if args.theseus == "all" or name in args.theseus.split(","):
             row["theseus_gn"] = run_peer(rel, "theseus_gn", 1, args.peer_timeout)
         row["reference_cost"] = refs.get(rel, {}).get("reference_cost")
@@ -284,12 +342,16 @@ def table(problems: dict) -> str:
         "GTSAM cost",
         "GTSAM s",
         "jaxnlls/GTSAM time",
+        "GTSAM (tol) it",
+        "GTSAM (tol) s",
+        "jaxnlls/GTSAM (tol) time",
         "Theseus GN s",
         "Theseus/jaxnlls time",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, row in problems.items():
         j, g, t = row["jaxnlls"], row.get("gtsam_lm", {}), row.get("theseus_gn", {})
+        gt = row.get("gtsam_lm_tol", {})
         ref = row.get("reference_cost")
         cells = [
             name,
@@ -304,6 +366,9 @@ def table(problems: dict) -> str:
             _f(g.get("final_cost"), ".8g") if "error" not in g else "FAILED: " + g["error"],
             _f(g.get("solve_s"), ".3f"),
             _ratio(j["solve_s"], g.get("solve_s")),
+            str(gt.get("iterations", "-")),
+            _f(gt.get("solve_s"), ".3f") if "error" not in gt else "FAILED: " + gt["error"],
+            _ratio(j["solve_s"], gt.get("solve_s")),
             _f(t.get("solve_s"), ".3f") if "error" not in t else "FAILED: " + t["error"],
             _ratio(t.get("solve_s"), j["solve_s"]),
         ]
