@@ -23,6 +23,18 @@ SHARED = REPO.parent / "shared"
 PEERS = SHARED / "peers"
 
 
+def worker_result(cmd: list[str], timeout: float) -> dict:
+    """Run a worker that prints ``RESULT {json}``: its last such line, or ``{"error": why}``."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not res:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return json.loads(res[-1][len("RESULT ") :])
+
+
 def peers_python(arg: str | None = None) -> str | None:
     cand = arg or os.environ.get("JAXNLLS_PEERS_PYTHON") or "/work/peers-venv/bin/python"
     return cand if cand and pathlib.Path(cand).exists() else None

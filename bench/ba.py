@@ -30,7 +30,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -167,14 +166,9 @@ def run_gtsam(path: pathlib.Path, max_steps: int, timeout: float) -> dict:
         "--max-steps",
         str(max_steps),
     ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not res:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    return json.loads(res[-1][len("RESULT ") :])
+    from _common import worker_result
+
+    return worker_result(cmd, timeout)
 
 
 def main() -> None:

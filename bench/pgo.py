@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -47,7 +46,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from _common import run_header  # noqa: E402
+from _common import run_header, worker_result  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -124,14 +123,9 @@ def run_peer(rel: str, solver: str, repeats: int, timeout: float) -> dict:
         "--repeats",
         str(repeats),
     ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not res:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    r = json.loads(res[-1][len("RESULT ") :])
+    r = worker_result(cmd, timeout)
+    if "error" in r:
+        return r
     return {
         "iterations": int(r["iters"]),
         "final_cost": float(r["final_cost"]),
@@ -172,14 +166,7 @@ def run_gtsam_tol(rel: str, tol: float, repeats: int, timeout: float) -> dict:
         return {"error": f"{PEERS_PY} missing"}
     cmd = [str(PEERS_PY), __file__, "--gtsam-tol-worker", rel, "--gtsam-tol", str(tol),
            "--repeats", str(repeats)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not res:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    return json.loads(res[-1][len("RESULT ") :])
+    return worker_result(cmd, timeout)
 
 
 # --------------------------------------------------------------------------------------------
