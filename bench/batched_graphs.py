@@ -44,7 +44,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -57,7 +56,7 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import run_header  # noqa: E402
+from _common import run_header, worker_result  # noqa: E402
 from pgo import _generated_batch  # noqa: E402
 
 PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
@@ -168,14 +167,7 @@ def run_theseus(npz: str, arrays_out: str, args) -> dict:
         "--linear", args.theseus_linear, "--repeats", str(args.repeats),
         "--max-iters", str(args.max_steps),
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.peer_timeout:.0f} s"}
-    res = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not res:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(res[-1][len("RESULT ") :])
+    return worker_result(cmd, args.peer_timeout)
 
 
 def _f(x, fmt: str) -> str:
