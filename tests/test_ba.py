@@ -44,8 +44,11 @@ def test_dubrovnik_3_7(shared_data):
     else:
         # float32 pixel residuals of ~500 px resolve to ~1e-4 px: a cost floor of ~1e-2
         assert b.cost(cams, pts) < 1e-4 * b.cost()
+    # float32: each residual is evaluated to ~eps·500 px = 3e-5 px, so a cost of ~1e-8 is known
+    # to ~38 · 1e-4 · 3e-5 ≈ 1e-7 only (its relative error is O(1) at this floor)
     np.testing.assert_allclose(
-        float(sol.stats.final_cost), b.cost(cams, pts), rtol=1e-6 if x64 else 1e-2, atol=1e-9
+        float(sol.stats.final_cost), b.cost(cams, pts), rtol=1e-6 if x64 else 1e-2,
+        atol=1e-9 if x64 else 1e-6,
     )
 
 
