@@ -7,11 +7,15 @@ factor graph's problem) and iterates a solver with ``lax.while_loop`` (forward o
 until every member stops; members that have converged are frozen by ``select``.
 
 Each iteration evaluates the residual and Jacobian once, at the trial point, and the
-linearization is carried to the next iteration. Dense linearizations are *compacted* first
-when the step solver only needs ``JᵀJ`` and ``Jᵀr`` (``DenseCholesky``): under ``vmap`` every
-carried array is selected once per iteration, and a batch of Jacobians is the largest thing in
-memory (XLA cost analysis on 4,096 curve fits: 70 MB of memory traffic per iteration with the
-Jacobian carried, about a third of that compacted).
+linearization is carried to the next iteration. Here the one at ``x0`` is computed before the
+loop; the factor-graph loop (:func:`jaxnlls.graph._restart.run_with_restart`) evaluates ``x0``
+in its first iteration instead, built from the same pieces (:func:`state_at`, :func:`propose`,
+:func:`judge`), so that XLA compiles its big linearization once.
+
+Dense linearizations are *compacted* first when the step solver only needs ``JᵀJ`` and ``Jᵀr``
+(``DenseCholesky``): under ``vmap`` every carried array is selected once per iteration, and a
+batch of Jacobians is the largest thing in memory (XLA cost analysis on 4,096 curve fits: 70 MB
+of memory traffic per iteration with the Jacobian carried, about a third of that compacted).
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ def _compactor(solver: AbstractSolver):
     return lambda lin: lin
 
 
-def init_state(problem, x0, solver: AbstractSolver, inputs_finite) -> LoopState:
-    lin = problem.linearize(x0)
+def state_at(problem, x, lin, solver: AbstractSolver, inputs_finite) -> LoopState:
+    """The loop state at a starting point ``x`` linearized as ``lin`` (no step taken yet)."""
     r = lin.residual
     cost = 0.5 * jnp.sum(r * r)
     grad = gradient(lin)
-    aux = solver.init(lin, cost, problem.x_norm(x0))
+    aux = solver.init(lin, cost, problem.x_norm(x))
     finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(grad))
     result = jnp.where(
         inputs_finite,
@@ -68,9 +72,13 @@ def init_state(problem, x0, solver: AbstractSolver, inputs_finite) -> LoopState:
     ).astype(jnp.int32)
     zero = jnp.asarray(0, jnp.int32)
     return LoopState(
-        x0, _compactor(solver)(lin), cost, grad, aux, zero, zero,
+        x, _compactor(solver)(lin), cost, grad, aux, zero, zero,
         result != RESULTS.successful, result, cost,
     )
+
+
+def init_state(problem, x0, solver: AbstractSolver, inputs_finite) -> LoopState:
+    return state_at(problem, x0, problem.linearize(x0), solver, inputs_finite)
 
 
 def _predicted_decrease(lin, grad, delta):
@@ -83,18 +91,31 @@ def _predicted_decrease(lin, grad, delta):
     return -(jnp.sum(grad * delta) + 0.5 * quad)
 
 
-def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
-    """One iteration: propose, evaluate the trial point, accept or reject, test convergence."""
+def propose(problem, solver: AbstractSolver, state: LoopState):
+    """A step from the current linearization: ``(aux, δ, x ⊕ δ, predicted decrease)``."""
     lin, grad, aux = state.lin, state.grad, state.aux
     if isinstance(solver, LevenbergMarquardt):
         aux = solver.rescale(aux, lin)
     delta, _ = solver.propose(lin, grad, aux)  # a failed solve returns a finite fallback
-    x_try = problem.retract(state.x, delta)
-    lin_full = problem.linearize(x_try)
+    return aux, delta, problem.retract(state.x, delta), _predicted_decrease(lin, grad, delta)
+
+
+def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
+    """One iteration: propose, evaluate the trial point, accept or reject, test convergence."""
+    aux, delta, x_try, predicted = propose(problem, solver, state)
+    return judge(problem, solver, state, (aux, delta, x_try, predicted), problem.linearize(x_try))
+
+
+def judge(
+    problem, solver: AbstractSolver, state: LoopState, proposal, lin_full, *, log: bool = True
+) -> LoopState:
+    """Accept or reject the trial point of ``proposal`` (from :func:`propose`), linearized as
+    ``lin_full``, against ``state``; test convergence."""
+    aux, delta, x_try, predicted = proposal
+    lin, grad = state.lin, state.grad
     r_try = lin_full.residual
     cost_try = 0.5 * jnp.sum(r_try * r_try)
     lin_try = _compactor(solver)(lin_full)
-    predicted = _predicted_decrease(lin, grad, delta)
     r = lin.residual
     if r is None:  # compacted: nothing of size m is carried, so only the costs are at hand
         actual = state.cost - cost_try
@@ -123,17 +144,7 @@ def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
     converged = converged | (jnp.max(jnp.abs(new_grad)) <= solver.gtol)
     failed = (~finite) & solver.stop_on_nonfinite
     result = jnp.where(failed, RESULTS.nonfinite_residual, state.result).astype(jnp.int32)
-    if solver.verbose:
-        jax.debug.print(
-            "step {s:4d}  cost {c:.10e}  |grad| {g:.3e}  |step| {d:.3e}  accepted {a}",
-            s=state.steps + 1,
-            c=cost,
-            g=safe_norm(new_grad),
-            d=safe_norm(delta),
-            a=accept,
-            ordered=True,
-        )
-    return LoopState(
+    new = LoopState(
         x,
         new_lin,
         cost,
@@ -145,6 +156,23 @@ def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
         result,
         state.initial_cost,
     )
+    if log:
+        log_step(solver, new, delta, accept)
+    return new
+
+
+def log_step(solver: AbstractSolver, state: LoopState, delta, accepted) -> None:
+    """The progress line of ``verbose`` solvers."""
+    if solver.verbose:
+        jax.debug.print(
+            "step {s:4d}  cost {c:.10e}  |grad| {g:.3e}  |step| {d:.3e}  accepted {a}",
+            s=state.steps,
+            c=state.cost,
+            g=safe_norm(state.grad),
+            d=safe_norm(delta),
+            a=accepted,
+            ordered=True,
+        )
 
 
 def run(
@@ -179,6 +207,11 @@ def run(
         state, _ = jax.lax.scan(scan_body, state, None, length=max_steps)
     else:
         state = jax.lax.while_loop(lambda s: (~s.done) & (s.steps < max_steps), body, state)
+    return finish(state)
+
+
+def finish(state: LoopState) -> LoopState:
+    """``max_steps_reached`` for a state that stopped without converging or failing."""
     result = jnp.where(
         (~state.done) & (state.result == RESULTS.successful),
         RESULTS.max_steps_reached,
