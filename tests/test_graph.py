@@ -395,7 +395,12 @@ def test_gradient_wrt_information_and_unroll(requires_x64):
 
 
 # ----------------------------------------------------------------------------- batching
-def test_vmap_over_graphs_equals_loop(tol):
+@pytest.mark.parametrize(
+    "ls", ["auto", SparseCholesky("qdldl"), SparseCholesky("supernodal")],
+    ids=["auto", "qdldl", "supernodal"],
+)
+def test_vmap_over_graphs_equals_loop(tol, ls):
+    """Also the host sparse solves, which take the whole batch in one callback under vmap."""
     graphs, inits = [], []
     for s in range(3):
         g, i, _ = small_graph(10 + s, landmarks=0)
@@ -407,12 +412,35 @@ def test_vmap_over_graphs_equals_loop(tol):
 
     @jax.jit
     def run(d, i):
-        return g0.solve(i, data=d, throw=False).value.get(Pose).params
+        return g0.solve(i, data=d, throw=False, linear_solver=ls).value.get(Pose).params
 
     batched = jax.vmap(run)(data, init)
     for k, (g, i) in enumerate(zip(graphs, inits)):
-        single = g.solve(i, throw=False).value.get(Pose).params
+        single = g.solve(i, throw=False, linear_solver=ls).value.get(Pose).params
         np.testing.assert_allclose(batched[k], single, rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)
+
+
+def test_vmap_of_implicit_gradient_with_sparse_solve_equals_loop(tol):
+    """The implicit adjoint's backward solve goes through the same batched host callback."""
+    graphs, inits = [], []
+    for s in range(3):
+        g, i, _ = small_graph(20 + s, landmarks=0)
+        graphs.append(g)
+        inits.append(i)
+    data = stack_data([g.data for g in graphs])
+    init = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+    g0 = graphs[0]
+
+    def loss(d, i):
+        sol = g0.solve(i, data=d, throw=False, linear_solver=SparseCholesky("qdldl"))
+        return jnp.sum(sol.value.get(Pose).translation() ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    batched = jax.vmap(grad)(data, init)
+    for k, (g, i) in enumerate(zip(graphs, inits)):
+        single = grad(g.data, i)
+        for b, a in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            np.testing.assert_allclose(b[k], a, rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)
 
 
 # ----------------------------------------------------------------------------- covariance

@@ -471,6 +471,10 @@ class _HostFactor:
     def solve(self, data: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         with self.lock:
             b = np.asarray(rhs, np.float64)
+            if not np.any(data):
+                # singular, as any factorization would report; also the placeholder state of
+                # the batched factor-graph loop's first iteration (graph/_restart.py)
+                return np.full_like(b, np.nan)
             if self.backend == "supernodal":
                 assert self.supernodal is not None
                 if self.supernodal.factor(data):
@@ -484,10 +488,12 @@ class _HostFactor:
                 except ImportError:  # pragma: no cover - depends on the install
                     qdldl = None
                 if self.backend != "scipy" and qdldl is not None:
+                    # upper=True: A is the upper triangle already; without it qdldl calls
+                    # scipy's triu on every update, 3x the time of the factorization itself
                     if self.solver is None:
-                        self.solver = qdldl.Solver(A)
+                        self.solver = qdldl.Solver(A, upper=True)
                     else:
-                        self.solver.update(A)
+                        self.solver.update(A, upper=True)
                     x = self.solver.solve(b)
                 else:
                     from scipy.sparse.linalg import splu
@@ -535,10 +541,18 @@ def sparse_solve(layout: BlockLayout, data, rhs, backend: str = "auto"):
     out_type = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
 
     def host(d, b):
-        return fac.solve(np.asarray(d), np.asarray(b)).astype(b.dtype)
+        d, b = np.asarray(d), np.asarray(b)
+        if b.ndim == 1:
+            return fac.solve(d, b).astype(b.dtype)
+        # under vmap: one call for the whole batch (leading axes, size 1 where unbatched)
+        batch = np.broadcast_shapes(d.shape[:-1], b.shape[:-1])
+        d = np.broadcast_to(d, batch + d.shape[-1:]).reshape(-1, d.shape[-1])
+        bb = np.broadcast_to(b, batch + b.shape[-1:]).reshape(-1, b.shape[-1])
+        x = np.stack([fac.solve(di, bi) for di, bi in zip(d, bb)])
+        return x.reshape(batch + b.shape[-1:]).astype(b.dtype)
 
     def solve_fn(_, b):
-        return jax.pure_callback(host, out_type, data, b, vmap_method="sequential")
+        return jax.pure_callback(host, out_type, data, b, vmap_method="expand_dims")
 
     return jax.lax.custom_linear_solve(
         lambda v: sym_csc_matvec(layout, data, v), rhs, solve_fn, symmetric=True
