@@ -480,7 +480,7 @@ class _HostFactor:
                 if self.supernodal.factor(data):
                     return self.supernodal.solve(b)
                 # not positive definite: fall through to the LDLᵀ / LU of the same matrix
-            A = self.upper.copy()
+            A = self.upper  # the pattern; only its values change (under the lock)
             A.data = np.asarray(data, np.float64)
             try:
                 try:
