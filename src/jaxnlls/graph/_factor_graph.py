@@ -44,8 +44,9 @@ def auto_linear_solver(structure: G.GraphStructure) -> AbstractStepSolver:
        (bundle adjustment: points vs cameras): :class:`SchurComplement` eliminating it;
     4. otherwise :class:`SparseCholesky` (host qdldl/scipy, symbolic analysis once).
 
-    Under ``vmap`` the host sparse solve runs sequentially per batch member (a host callback);
-    ``linear_solver=BlockJacobiPCG()`` keeps everything on the device instead.
+    Under ``vmap`` the host sparse solve is one callback per iteration for the whole batch,
+    which solves the members in turn; ``linear_solver=BlockJacobiPCG()`` keeps everything on
+    the device instead (slower on CPU: see :mod:`jaxnlls.linear._sparse`).
     """
     if jax.default_backend() != "cpu":
         return BlockJacobiPCG()

@@ -29,9 +29,13 @@ variables, ~10 GFlop/s single-threaded plus ~25 µs of Python per supernode) is 
 analysis (flop count and number of supernodes; deterministic, no timing), and falls back to
 scipy's SuperLU when qdldl is not installed.
 
-All of them run on the host via :func:`jax.pure_callback` (CPU numpy); under ``vmap`` the
-callback runs once per batch member, so batched graphs should use
-:class:`~jaxnlls.linear.BlockJacobiPCG` or dense solves instead.
+All of them run on the host via :func:`jax.pure_callback` (CPU numpy). Under ``vmap`` the
+callback is made once per batch (``vmap_method="expand_dims"``) and solves the members one after
+the other with the same symbolic analysis: 256 SE(2) graphs of 128 poses, 5 LM steps, 0.31 s
+for the batch, where :class:`~jaxnlls.linear.BlockJacobiPCG` took 1.31 s (same run) and one
+callback per member 0.76 s. A batched supernodal factorization (every front
+factored for all members by one numpy call) was tried and was 2x slower than this loop: numpy's
+batched ``solve``/``cholesky`` cost ~3 µs per small matrix, more than qdldl's whole pass.
 
 The solve is wrapped in :func:`jax.lax.custom_linear_solve` with a JAX sparse mat-vec, so it
 is differentiable in both modes (w.r.t. the right-hand side and the matrix) — unrolled
@@ -621,8 +625,8 @@ class SparseCholesky(AbstractStepSolver):
     pose graphs). scipy's SuperLU is the fallback when qdldl is not installed. See the module
     docstring for the comparison that led to these choices.
 
-    Not for ``vmap`` over many graphs (the host callback runs sequentially per member): use
-    :class:`~jaxnlls.linear.BlockJacobiPCG` or dense solves there.
+    Under ``vmap`` one host callback per iteration solves all members in turn (see the module
+    docstring); on a GPU, :class:`~jaxnlls.linear.BlockJacobiPCG` keeps everything on the device.
 
     Args:
         backend: ``"auto"`` (per sparsity pattern, supernodal or qdldl, whichever the
