@@ -395,19 +395,24 @@ def test_gradient_wrt_information_and_unroll(requires_x64):
 
 
 # ----------------------------------------------------------------------------- batching
+def _graph_batch(seeds):
+    """Same-structure small pose graphs, and their data and initial values stacked."""
+    graphs, inits = [], []
+    for seed in seeds:
+        g, i, _ = small_graph(seed, landmarks=0)
+        graphs.append(g)
+        inits.append(i)
+    data = stack_data([g.data for g in graphs])
+    return graphs, inits, data, jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+
+
 @pytest.mark.parametrize(
     "ls", ["auto", SparseCholesky("qdldl"), SparseCholesky("supernodal")],
     ids=["auto", "qdldl", "supernodal"],
 )
 def test_vmap_over_graphs_equals_loop(tol, ls):
     """Also the host sparse solves, which take the whole batch in one callback under vmap."""
-    graphs, inits = [], []
-    for s in range(3):
-        g, i, _ = small_graph(10 + s, landmarks=0)
-        graphs.append(g)
-        inits.append(i)
-    data = stack_data([g.data for g in graphs])
-    init = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+    graphs, inits, data, init = _graph_batch(seeds=(10, 11, 12))
     g0 = graphs[0]
 
     @jax.jit
@@ -422,13 +427,7 @@ def test_vmap_over_graphs_equals_loop(tol, ls):
 
 def test_vmap_of_implicit_gradient_with_sparse_solve_equals_loop(tol):
     """The implicit adjoint's backward solve goes through the same batched host callback."""
-    graphs, inits = [], []
-    for s in range(3):
-        g, i, _ = small_graph(20 + s, landmarks=0)
-        graphs.append(g)
-        inits.append(i)
-    data = stack_data([g.data for g in graphs])
-    init = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+    graphs, inits, data, init = _graph_batch(seeds=(20, 21, 22))
     g0 = graphs[0]
 
     def loss(d, i):
