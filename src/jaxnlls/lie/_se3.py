@@ -32,9 +32,10 @@ from ._utils import (
     q_coeff3_of,
     quat_conj,
     quat_from_matrix_projected,
-    quat_mul,
+    quat_mul_components,
     quat_retract_jac,
     quat_rotate,
+    quat_rotate_components,
     quat_to_matrix,
     stack_last,
     sum_sq,
@@ -214,13 +215,17 @@ class SE3(AbstractLieGroup):
 
     def compose(self, other: SE3) -> SE3:
         a, b = bcast_params(self.params, other.params)
-        q = quat_mul(a[..., :4], b[..., :4])
-        t = quat_rotate(a[..., :4], b[..., 4:], offset=a[..., 4:])
-        return SE3(jnp.concatenate([q, t], axis=-1))
+        # one stack of all 7 components: a concatenate of two stacks is not fused into one
+        # vectorized loop on XLA:CPU (1.5-2x slower at 10⁶ elements)
+        q = quat_mul_components(a[..., :4], b[..., :4])
+        t = quat_rotate_components(a[..., :4], b[..., 4:], offset=a[..., 4:])
+        return SE3(stack_last(q + t))
 
     def inverse(self) -> SE3:
-        qi = quat_conj(self.params[..., :4])
-        return SE3(jnp.concatenate([qi, -quat_rotate(qi, self.params[..., 4:])], axis=-1))
+        q = self.params[..., :4]
+        qi = quat_conj(q)
+        t = [-c for c in quat_rotate_components(qi, self.params[..., 4:])]
+        return SE3(stack_last([q[..., 0], -q[..., 1], -q[..., 2], -q[..., 3], *t]))
 
     def act(self, points: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3"]:
         points = check_points(self, points)

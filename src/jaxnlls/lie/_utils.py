@@ -401,25 +401,28 @@ def broadcast_batch(*arrays: Array) -> list[Array]:
 # ---- quaternions (w, x, y, z), Hamilton convention ---------------------------------------------
 
 
-def quat_mul(p: Array, q: Array) -> Array:
+def quat_mul_components(p: Array, q: Array) -> list[Array]:
+    """The four components ``(w, x, y, z)`` of ``p q`` (to be stacked once with others)."""
     pw, px, py, pz = p[..., 0], p[..., 1], p[..., 2], p[..., 3]
     qw, qx, qy, qz = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return stack_last(
-        [
-            pw * qw - px * qx - py * qy - pz * qz,
-            pw * qx + px * qw + py * qz - pz * qy,
-            pw * qy - px * qz + py * qw + pz * qx,
-            pw * qz + px * qy - py * qx + pz * qw,
-        ]
-    )
+    return [
+        pw * qw - px * qx - py * qy - pz * qz,
+        pw * qx + px * qw + py * qz - pz * qy,
+        pw * qy - px * qz + py * qw + pz * qx,
+        pw * qz + px * qy - py * qx + pz * qw,
+    ]
+
+
+def quat_mul(p: Array, q: Array) -> Array:
+    return stack_last(quat_mul_components(p, q))
 
 
 def quat_conj(q: Array) -> Array:
     return jnp.concatenate([q[..., :1], -q[..., 1:]], axis=-1)
 
 
-def quat_rotate(q: Array, p: Array, offset: Array | None = None) -> Array:
-    """Rotate points ``p`` by unit quaternions ``q`` (same batch shape): ``R(q) p (+ offset)``.
+def quat_rotate_components(q: Array, p: Array, offset: Array | None = None) -> list[Array]:
+    """The three components of ``R(q) p (+ offset)`` for unit quaternions ``q``.
 
     ``p + w t + v × t`` with ``t = 2 v × p``, written per component so that XLA fuses it into one
     elementwise loop (a vector-valued ``t`` would be materialized between the two cross products).
@@ -436,7 +439,12 @@ def quat_rotate(q: Array, p: Array, offset: Array | None = None) -> Array:
     ]
     if offset is not None:
         out = [o + offset[..., i] for i, o in enumerate(out)]
-    return stack_last(out)
+    return out
+
+
+def quat_rotate(q: Array, p: Array, offset: Array | None = None) -> Array:
+    """Rotate points ``p`` by unit quaternions ``q`` (same batch shape): ``R(q) p (+ offset)``."""
+    return stack_last(quat_rotate_components(q, p, offset))
 
 
 def quat_to_matrix(q: Array) -> Array:
