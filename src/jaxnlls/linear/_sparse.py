@@ -44,6 +44,7 @@ solves work, at the price of one extra host solve per backward step.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -455,8 +456,9 @@ class _HostFactor:
 
     def __init__(self, layout: BlockLayout, backend: str):
         self.n = layout.n_cols
-        self.solver: Any = None
-        self.lock = threading.Lock()
+        self._slots: list[_Slot] = []
+        self._pool: Any = None
+        self._grow = threading.Lock()  # guards _slots and _pool growing
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._backend = backend
@@ -478,6 +480,7 @@ class _HostFactor:
             )
             self.upper.has_sorted_indices = True
             backend = self._backend
+            solver = None
             if backend in ("auto", "supernodal"):
                 self._supernodal = _Supernodal(indptr, indices, self.n, var_blocks)
             if backend == "auto":
@@ -500,8 +503,9 @@ class _HostFactor:
                     # AMD ordering and symbolic factorization now, on the identity with this
                     # pattern (explicit zeros are kept: later updates keep the pattern)
                     self.upper.data = (rows == cols).astype(np.float64)
-                    self.solver = qdldl.Solver(self.upper, upper=True)
+                    solver = qdldl.Solver(self.upper, upper=True)
             self._backend = backend
+            self._slots = [_Slot(self.upper, solver)]
         except BaseException as e:  # re-raised by solve
             self._error = e
         finally:
@@ -523,42 +527,96 @@ class _HostFactor:
         return self._supernodal
 
     def solve(self, data: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        """``A⁻¹ rhs`` for the matrix with upper-triangle values ``data``; NaN where singular."""
         self._wait()
-        with self.lock:
-            b = np.asarray(rhs, np.float64)
-            if not np.any(data):
-                # singular, as any factorization would report; also the placeholder state of
-                # the batched factor-graph loop's first iteration (graph/_restart.py)
-                return np.full_like(b, np.nan)
-            if self.backend == "supernodal":
-                assert self.supernodal is not None
-                if self.supernodal.factor(data):
-                    return self.supernodal.solve(b)
+        b = np.asarray(rhs, np.float64)
+        if not np.any(data):
+            # singular, as any factorization would report; also the placeholder state of
+            # the batched factor-graph loop's first iteration (graph/_restart.py)
+            return np.full_like(b, np.nan)
+        slot = self._slots[0]
+        with slot.lock:
+            if self._backend == "supernodal":
+                assert self._supernodal is not None
+                if self._supernodal.factor(data):
+                    return self._supernodal.solve(b)
                 # not positive definite: fall through to the LDLᵀ / LU of the same matrix
-            A = self.upper  # the pattern; only its values change (under the lock)
-            A.data = np.asarray(data, np.float64)
-            try:
-                try:
-                    import qdldl
-                except ImportError:  # pragma: no cover - depends on the install
-                    qdldl = None
-                if self.backend != "scipy" and qdldl is not None:
-                    # upper=True: A is the upper triangle already; without it qdldl calls
-                    # scipy's triu on every update, 3x the time of the factorization itself
-                    if self.solver is None:
-                        self.solver = qdldl.Solver(A, upper=True)
-                    else:
-                        self.solver.update(A, upper=True)
-                    x = self.solver.solve(b)
-                else:
-                    from scipy.sparse.linalg import splu
+            return self._direct(slot, data, b)
 
-                    full = A + A.T - _diag(A)
-                    x = splu(full.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
-            except Exception:  # singular or not positive definite
-                x = np.full_like(b, np.nan)
-                self.solver = None
-        return x
+    def solve_batch(self, data: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        """:meth:`solve` for every row of ``data`` ``(B, nnz)`` and ``rhs`` ``(B, n)``.
+
+        With qdldl the members are split over up to 4 threads (one CSC matrix and one qdldl
+        solver each; qdldl releases the GIL): 2 threads on this project's 2-core machine solve
+        512 systems of 384 unknowns in 30 ms against 53 ms in one."""
+        self._wait()
+        nb = len(rhs)
+        workers = min(_n_cpus(), 4, nb // 8) if self._backend == "qdldl" else 1
+        if workers <= 1:
+            return np.stack([self.solve(d, b) for d, b in zip(data, rhs)])
+        with self._grow:
+            while len(self._slots) < workers:
+                self._slots.append(_Slot(self.upper.copy(), None))
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(min(_n_cpus(), 4),
+                                                thread_name_prefix="jaxnlls-sparse")
+
+        def run(w, idx):
+            slot = self._slots[w]
+            out = []
+            with slot.lock:
+                for i in idx:
+                    b = np.asarray(rhs[i], np.float64)
+                    out.append(self._direct(slot, data[i], b) if np.any(data[i])
+                               else np.full_like(b, np.nan))
+            return out
+
+        parts = self._pool.map(run, range(workers), np.array_split(np.arange(nb), workers))
+        return np.stack([x for part in parts for x in part])
+
+    def _direct(self, slot: _Slot, data: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """qdldl's LDLᵀ (scipy's LU without it) of the matrix, in ``slot`` (held locked)."""
+        A = slot.upper  # the pattern; only its values change
+        A.data = np.asarray(data, np.float64)
+        try:
+            try:
+                import qdldl
+            except ImportError:  # pragma: no cover - depends on the install
+                qdldl = None
+            if self._backend != "scipy" and qdldl is not None:
+                # upper=True: A is the upper triangle already; without it qdldl calls
+                # scipy's triu on every update, 3x the time of the factorization itself
+                if slot.solver is None:
+                    slot.solver = qdldl.Solver(A, upper=True)
+                else:
+                    slot.solver.update(A, upper=True)
+                return slot.solver.solve(b)
+            from scipy.sparse.linalg import splu
+
+            full = A + A.T - _diag(A)
+            return splu(full.tocsc(), permc_spec="MMD_AT_PLUS_A").solve(b)
+        except Exception:  # singular or not positive definite
+            slot.solver = None
+            return np.full_like(b, np.nan)
+
+
+class _Slot:
+    """The mutable state of one solve at a time: the CSC matrix whose values are set, and
+    qdldl's solver (its ordering and factorization)."""
+
+    def __init__(self, upper, solver):
+        self.upper = upper
+        self.solver = solver
+        self.lock = threading.Lock()
+
+
+def _n_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def _diag(A):
@@ -603,8 +661,7 @@ def sparse_solve(layout: BlockLayout, data, rhs, backend: str = "auto"):
         batch = np.broadcast_shapes(d.shape[:-1], b.shape[:-1])
         d = np.broadcast_to(d, batch + d.shape[-1:]).reshape(-1, d.shape[-1])
         bb = np.broadcast_to(b, batch + b.shape[-1:]).reshape(-1, b.shape[-1])
-        x = np.stack([fac.solve(di, bi) for di, bi in zip(d, bb)])
-        return x.reshape(batch + b.shape[-1:]).astype(b.dtype)
+        return fac.solve_batch(d, bb).reshape(batch + b.shape[-1:]).astype(b.dtype)
 
     def solve_fn(_, b):
         return jax.pure_callback(host, out_type, data, b, vmap_method="expand_dims")
