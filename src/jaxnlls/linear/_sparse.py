@@ -30,12 +30,13 @@ analysis (flop count and number of supernodes; deterministic, no timing), and fa
 scipy's SuperLU when qdldl is not installed.
 
 All of them run on the host via :func:`jax.pure_callback` (CPU numpy). Under ``vmap`` the
-callback is made once per batch (``vmap_method="expand_dims"``) and solves the members one after
-the other with the same symbolic analysis: 256 SE(2) graphs of 128 poses, 5 LM steps, 0.31 s
-for the batch, where :class:`~jaxnlls.linear.BlockJacobiPCG` took 1.31 s (same run) and one
-callback per member 0.76 s. A batched supernodal factorization (every front
-factored for all members by one numpy call) was tried and was 2x slower than this loop: numpy's
-batched ``solve``/``cholesky`` cost ~3 µs per small matrix, more than qdldl's whole pass.
+callback is made once per batch (``vmap_method="expand_dims"``) and solves the members with the
+same symbolic analysis, split over a few threads for qdldl (:meth:`_HostFactor.solve_batch`).
+256 SE(2) graphs of 128 poses, 5 LM steps, in one thread: 0.31 s for the batch, against 1.31 s
+with :class:`~jaxnlls.linear.BlockJacobiPCG` (same run) and 0.76 s with one callback per
+member. A batched supernodal factorization (every front factored for all members by one numpy
+call) was tried and was 2x slower than this loop: numpy's batched ``solve``/``cholesky`` cost
+~3 µs per small matrix, more than qdldl's whole pass.
 
 The solve is wrapped in :func:`jax.lax.custom_linear_solve` with a JAX sparse mat-vec, so it
 is differentiable in both modes (w.r.t. the right-hand side and the matrix) — unrolled
