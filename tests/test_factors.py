@@ -247,6 +247,50 @@ def test_supernodal_not_positive_definite_falls_back():
     np.testing.assert_allclose(data[diag_pos] * x, b, rtol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["qdldl", "supernodal"])
+def test_solve_batch_equals_per_member_dense_solves(backend, monkeypatch):
+    """The batched host solve (``vmap``'s one callback; qdldl splits the members over threads)
+    gives each member's dense solve; an all-zero and an indefinite member come back as NaN
+    (qdldl) or by the LDLᵀ/LU fallback (supernodal), exactly as the single solve does."""
+    if backend == "qdldl":
+        pytest.importorskip("qdldl")
+    from jaxnlls.linear import _sparse
+
+    monkeypatch.setattr(_sparse, "_n_cpus", lambda: 4)  # threads even on a 1-core runner
+    g, _ = _loop_graph(14 + (backend == "qdldl"), _dt())  # a fresh pattern per case
+    layout = g.structure.layout
+    fac = _sparse._HostFactor(layout, backend)
+    indptr, indices, _, diag_pos, nnz = layout.gram_pattern()
+    n = layout.n_cols
+    cols = np.repeat(np.arange(n), np.diff(indptr))
+    rng = np.random.default_rng(1)
+    members = []
+    for _ in range(40):  # random SPD matrices with this pattern: MᵀM restricted + diagonal shift
+        upper = rng.normal(size=nnz) * 0.1
+        upper[diag_pos] = 0.0
+        full = np.zeros((n, n))
+        full[indices, cols] = upper
+        full = full + full.T
+        upper[diag_pos] = np.abs(full).sum(1) + rng.uniform(0.5, 1.5, n)  # diagonally dominant
+        members.append(upper)
+    data = np.stack(members)
+    data[5] = 0.0  # singular: NaN
+    rhs = rng.normal(size=(40, n))
+    got = fac.solve_batch(data, rhs)
+    single = np.stack([fac.solve(d, b) for d, b in zip(data, rhs)])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(single))
+    assert np.isnan(got[5]).all() and not np.isnan(np.delete(got, 5, 0)).any()
+    for k in range(40):
+        if k == 5:
+            continue
+        full = np.zeros((n, n))
+        full[indices, cols] = data[k]
+        full = full + np.triu(full, 1).T
+        scale = np.abs(rhs[k]).max()
+        np.testing.assert_allclose(full @ got[k], rhs[k], rtol=1e-4, atol=1e-4 * scale)
+        np.testing.assert_allclose(got[k], single[k], rtol=1e-10, atol=1e-12)
+
+
 def _banded_graph(n_poses, strides):
     edges = [(k, k + 1) for k in range(n_poses - 1)]
     edges += [(k, k + s) for s in strides for k in range(n_poses - s)]
