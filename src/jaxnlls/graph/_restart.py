@@ -6,7 +6,7 @@ returned.
 Why the loop evaluates ``x0`` in its first iteration (unlike :func:`jaxnlls._iterate.run`,
 which linearizes at ``x0`` before the loop): XLA then compiles the linearization once, not
 twice, and a factor graph's linearization is big (the SE(3) between factor alone compiles in
-2.7 s; on sphere2500 the loop compiled in 10.9 s of CPU time before, 6.9 s after). The dense
+2.7 s; on sphere2500 the solve compiled in 8.8–9.3 s of CPU time before, 6.3 s after). The dense
 path keeps the other order: its linearizations are cheap to compile, and under ``vmap`` over
 thousands of small problems this order's extra carries and selects cost more than they save
 (bench/curve.py, 4,096 fits, with this loop: LM 14 → 25 ms per batch, dogleg 12 → 17 ms).
