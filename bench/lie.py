@@ -3,7 +3,7 @@
 Ops on SO(3) and SE(3): exp, log, compose, act (one point per element), the right Jacobian of
 exp (``jac_right``; PyPose ``Jr``) and the Jacobian of log (``log_jac`` = J_r⁻¹(Log x); jaxlie
 ``jlog``). JAX ops are ``jit``-compiled (compile time reported apart), timed as the median of
-``--repeats`` runs after a warm-up with ``block_until_ready``. PyPose runs on CPU torch under
+``--repeats`` runs after ``WARMUP`` warm-up calls with ``block_until_ready``. PyPose runs on CPU torch under
 ``no_grad``. Peers run in a subprocess with ``--peers-python`` (default
 ``/work/peers-venv/bin/python``), import-guarded: a missing peer is reported, not fatal.
 
@@ -34,10 +34,18 @@ def _data(n: int, group: str, seed: int = 0):
     return tangent, tangent2, points
 
 
+#: Calls before timing starts. At 10^6 elements the first few calls of every library (jax and
+#: torch alike) page-fault fresh 12-16 MB output buffers (kernel time of 5-7 ms per call, seen
+#: with ``os.times()``) until the allocator starts reusing them; one warm-up call was not enough.
+WARMUP = 5
+
+
 def _median_time(fn, repeats, sync):
     t0 = time.perf_counter()
     sync(fn())
     first = time.perf_counter() - t0
+    for _ in range(WARMUP - 1):
+        sync(fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
