@@ -180,8 +180,9 @@ def test_between_fused_linearization(group, diag, getkey, tol):
     np.testing.assert_allclose(_lin(ga, vals), _lin(gc, vals), rtol=rtol, atol=rtol)
 
 
-def _loop_graph(n_poses, dt, seed=0):
-    """A 3D pose graph with many loop closures (fill-in), gauge on pose 0."""
+def _loop_graph(n_poses, dt, seed=0, extra=()):
+    """A 3D pose graph with many loop closures (fill-in), gauge on pose 0 (plus ``extra``
+    factors)."""
     rng = np.random.default_rng(seed)
     edges = [(k, k + 1) for k in range(n_poses - 1)]
     loops = [(k, (k * 7 + 3) % n_poses) for k in range(0, n_poses, 2)]
@@ -191,8 +192,36 @@ def _loop_graph(n_poses, dt, seed=0):
     x = SE3.exp(jnp.asarray(rng.normal(size=(n_poses, 6)), dt))
     z = SE3.exp(jnp.asarray(rng.normal(size=(len(edges), 6)) * 0.3, dt))
     L = jnp.asarray(np.triu(rng.normal(size=(len(edges), 6, 6)) * 0.1) + np.eye(6), dt)
-    g = FactorGraph.build([between(P3(ia), P3(ib), z, L)])
+    g = FactorGraph.build([between(P3(ia), P3(ib), z, L), *extra])
     return g, VarValues.make({P3(np.arange(n_poses)): x})
+
+
+@pytest.mark.parametrize("same_twice", [False, True], ids=["pairs_once", "scatter_fallback"])
+def test_gram_csc_data_is_upper_triangle_of_dense_normal_matrix(same_twice, tol):
+    """``JᵀJ + D`` in CSC form equals the dense ``JᵀJ`` from ``J``: each column pair is computed
+    once and lands in the upper triangle for edges stored either way round (loop closures
+    ``(k, 7k+3 mod n)``); a factor naming one variable twice keeps the full scatter."""
+    extra = []
+    if same_twice:  # r = Log(z⁻¹ x⁻¹ x): both blocks on one variable
+        z = SE3.exp(jnp.asarray([[0.1, 0.2, 0.3, 0.1, -0.2, 0.3]] * 2, _dt()))
+        L = jnp.broadcast_to(jnp.eye(6, dtype=_dt()), (2, 6, 6))
+        extra = [between(P3(np.array([2, 5])), P3(np.array([2, 5])), z, L)]
+    g, vals = _loop_graph(17 + same_twice, _dt(), extra=extra)
+    lin = jax.jit(lambda v: g.linearize(v))(vals)
+    layout = lin.jac.layout
+    plans = layout.gram_upper_plan()
+    assert sum(p is None for p in plans) == same_twice  # only the factor with x twice
+    indptr, indices, _, _, nnz = layout.gram_pattern()
+    n = layout.n_cols
+    damping = jnp.asarray(np.random.default_rng(0).uniform(0.5, 1.0, n), _dt())
+    data = np.asarray(jax.jit(lambda l, d: l.jac.gram_csc_data(d))(lin, damping))
+    J = np.asarray(lin.jac.to_dense())
+    ref = J.T @ J + np.diag(np.asarray(damping))
+    got = np.zeros((n, n))
+    got[indices, np.repeat(np.arange(n), np.diff(indptr))] = data
+    assert np.all(np.tril(got, -1) == 0)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(got, np.triu(ref), rtol=tol.rtol, atol=tol.atol * scale)
 
 
 @pytest.mark.parametrize("damping", [1e-3, 0.0])

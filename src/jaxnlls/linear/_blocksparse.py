@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._linearization import AbstractLinearization
+from ._linearization import ELEMENTWISE_N, AbstractLinearization
 
 
 class BlockLayout:
@@ -133,6 +133,34 @@ class BlockLayout:
         self._cache["gram"] = out
         return out
 
+    def gram_upper_plan(self) -> tuple:
+        """Per group ``(I, J, pos)`` or None: the local column pairs ``I ≤ J`` of a factor's
+        ``JᵢᵀJᵢ`` block and, per factor, the CSC slot of ``(min, max)`` of their global columns.
+
+        ``(JᵀJ)[a, b] = (JᵀJ)[b, a]``, so each unordered pair is computed once and lands in the
+        upper triangle whichever of its two columns comes first globally: 78 of the 144 entries
+        of a 12-column between factor. None for a group where a factor names one column twice
+        (its off-diagonal pair would count once instead of twice); that group keeps ``scatter``.
+        """
+        if "upper" in self._cache:
+            return self._cache["upper"]
+        indptr, indices, _, _, _ = self.gram_pattern()
+        n = self.n_cols
+        colsof = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+        keys = colsof * n + indices  # sorted: CSC order
+        plans = []
+        for c in self.cols:
+            cg = c.shape[1]
+            I, J = np.triu_indices(cg)
+            ci, cj = c[:, I].astype(np.int64), c[:, J].astype(np.int64)
+            if np.any((ci == cj) & (I != J)[None, :]):
+                plans.append(None)
+                continue
+            key = np.maximum(ci, cj) * n + np.minimum(ci, cj)
+            plans.append((I, J, np.searchsorted(keys, key).astype(np.int32)))
+        self._cache["upper"] = tuple(plans)
+        return self._cache["upper"]
+
 
 class BlockSparseJacobian(eqx.Module):
     """``J`` as dense per-factor blocks plus host-side column indices.
@@ -200,8 +228,18 @@ class BlockSparseJacobian(eqx.Module):
         """Values of the upper triangle of ``JᵀJ + diag(damping)`` in the layout's CSC pattern."""
         _, _, scatter, diag_pos, nnz = self.layout.gram_pattern()
         data = jnp.zeros(nnz + 1, self.dtype)
-        for b, s in zip(self.blocks, scatter):
-            data = data.at[s.reshape(-1)].add(jnp.einsum("nri,nrj->nij", b, b).reshape(-1))
+        for b, s, plan in zip(self.blocks, scatter, self.layout.gram_upper_plan()):
+            if plan is None:
+                data = data.at[s.reshape(-1)].add(jnp.einsum("nri,nrj->nij", b, b).reshape(-1))
+                continue
+            I, J, pos = plan
+            c = b.shape[2]
+            if c <= ELEMENTWISE_N:  # tiny batched GEMMs are slow on XLA:CPU (see gram_t)
+                full = jnp.sum(b[:, :, :, None] * b[:, :, None, :], axis=1)
+            else:
+                full = jnp.einsum("nri,nrj->nij", b, b)
+            vals = full.reshape(b.shape[0], c * c)[:, I * c + J]
+            data = data.at[pos.reshape(-1)].add(vals.reshape(-1))
         if damping is not None:
             data = data.at[diag_pos].add(damping)
         return data[:nnz]
