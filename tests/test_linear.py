@@ -9,30 +9,32 @@ import numpy as np
 import pytest
 
 from jaxnlls.linear import is_rank_deficient, psd_solve
-from jaxnlls.linear._dense import LOOP_N, SMALL_N, _loop_psd_solve
+from jaxnlls.linear._dense import LOOP_N, SMALL_N, UNROLLED_SUBSTITUTION_N, _loop_psd_solve
 
 N = 12  # between SMALL_N and LOOP_N: the size that takes the batched LAPACK path
-assert SMALL_N < N <= LOOP_N
+assert SMALL_N < N <= UNROLLED_SUBSTITUTION_N < UNROLLED_SUBSTITUTION_N + 8 <= LOOP_N
 
 
 def _dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
-def _batch(batch=7, seed=0):
+def _batch(batch=7, seed=0, n=N):
     """SPD systems; member 2 has an exactly zero row/column, member 4 two equal columns."""
     rng = np.random.default_rng(seed)
-    M = rng.standard_normal((batch, N + 4, N))
+    M = rng.standard_normal((batch, n + 4, n))
     M[4, :, 7] = M[4, :, 3]
     A = np.einsum("bki,bkj->bij", M, M)
     A[2, 5, :] = 0.0
     A[2, :, 5] = 0.0
-    b = rng.standard_normal((batch, N))
+    b = rng.standard_normal((batch, n))
     return jnp.asarray(A, _dtype()), jnp.asarray(b, _dtype())
 
 
-def test_vmap_equals_loop_with_singular_members(tol):
-    A, b = _batch()
+@pytest.mark.parametrize("n", [N, UNROLLED_SUBSTITUTION_N + 8], ids=["unrolled", "lapack_trsm"])
+def test_vmap_equals_loop_with_singular_members(tol, n):
+    """Both substitutions of the batched rule (unrolled on batch vectors, LAPACK's)."""
+    A, b = _batch(n=n)
     x, ok = jax.jit(jax.vmap(psd_solve))(A, b)
     for i in range(A.shape[0]):
         xi, oki = jax.jit(_loop_psd_solve)(A[i], b[i])  # the unbatched reference: safe-pivot loop

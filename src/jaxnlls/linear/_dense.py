@@ -118,6 +118,33 @@ def _cho_solve(L, b):
     return jax.scipy.linalg.cho_solve((L, True), b[..., None])[..., 0]
 
 
+#: Under ``vmap``, up to this size the two triangular solves are unrolled substitutions on
+#: batch-long vectors; XLA:CPU's batched triangular solve handles one small system at a time.
+#: The whole batched solve of 4,096 systems of 12 unknowns: 2.4 ms against 5.7 ms. At 30
+#: unknowns it gained 5% for 2.4 s more compile (n² fused elementwise operations), hence the limit.
+UNROLLED_SUBSTITUTION_N = 16
+
+
+def _batched_cho_solve(L, b):
+    """``(L Lᵀ)⁻¹ b`` for a batch ``L`` ``(B, n, n)``, ``b`` ``(B, n)``."""
+    n = L.shape[-1]
+    if n > UNROLLED_SUBSTITUTION_N:
+        return _cho_solve(L, b)
+    y = []
+    for i in range(n):
+        s = b[:, i]
+        for k in range(i):
+            s = s - L[:, i, k] * y[k]
+        y.append(s / L[:, i, i])
+    x = [None] * n
+    for i in reversed(range(n)):
+        s = y[i]
+        for k in range(i + 1, n):
+            s = s - L[:, k, i] * x[k]
+        x[i] = s / L[:, i, i]
+    return jnp.stack(x, axis=-1)
+
+
 def _tikhonov_solve(A, b):
     """Cholesky of ``A + √eps·max|diag A|·I``, zero where even that fails."""
     scale = jnp.max(jnp.abs(jnp.diagonal(A)))
@@ -156,12 +183,9 @@ def _batched_rule(safe_pivots: bool):
         A = A if A_batched else jnp.broadcast_to(A, (axis_size, n, n))
         b = b if b_batched else jnp.broadcast_to(b, (axis_size, n))
         L = jnp.linalg.cholesky(A)
-        if safe_pivots:
-            ok = _pivots_ok(A, L)
-            x = _cho_solve(jnp.where(ok[:, None, None], L, jnp.eye(n, dtype=A.dtype)), b)
-        else:
-            x = _cho_solve(L, b)
-            ok = jnp.all(jnp.isfinite(x), axis=-1)
+        # a member that fails gets a non-finite or meaningless x here, and is redone below
+        x = _batched_cho_solve(L, b)
+        ok = _pivots_ok(A, L) if safe_pivots else jnp.all(jnp.isfinite(x), axis=-1)
 
         def redo(x):
             again = jax.vmap(lambda A, b: _loop_psd_solve(A, b)[0] if safe_pivots
