@@ -18,8 +18,10 @@ jaxnlls (this venv, float64; ``jaxnlls_side``, also what ``bench/pgo.py --batche
 one ``jit(vmap(solve))`` of
 ``FactorGraph.solve`` (default LM, pose 0 held fixed by ``gauge="auto"``), and
 ``jit(value_and_grad)`` of loss = mean squared translation of the solutions with respect to the
-measurements (implicit adjoint). Compile time = first call minus the steady-state median of
-``--repeats`` calls.
+measurements (implicit adjoint; ``--hessian``: the exact Hessian, jaxnlls's default, and the
+Gauss-Newton ``JᵀJ`` that Theseus's implicit backward solves with; the Theseus fwd+bwd ratio
+column lists one ratio per jaxnlls row, in that order). Compile time = first call minus the
+steady-state median of ``--repeats`` calls.
 
 Theseus (``/work/peers-venv/bin/python bench/peer_theseus_batched.py`` in a subprocess, on the
 same batch saved to ``/tmp/batched_*.npz``): ``th.SE2`` variables with batch dimension
@@ -63,10 +65,12 @@ PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
 PEER = HERE / "peer_theseus_batched.py"
 
 
-def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int) -> dict:
+def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int,
+                 hessians: tuple[str, ...] = ("exact",)) -> dict:
     """The jaxnlls side (``bench/pgo.py --batched-only`` calls it too): one ``jit(vmap(solve))``
-    and one ``jit(value_and_grad)``; returns ``(summary, per-graph arrays)`` (final costs, poses
-    and gradients, for the check against Theseus)."""
+    and one ``jit(value_and_grad)`` per implicit-adjoint Hessian in ``hessians`` (the first fills
+    the summary's ``fwd_bwd_*``; all are under ``by_hessian``); returns ``(summary, per-graph
+    arrays)`` (final costs, poses and gradients, for the check against Theseus)."""
     import jax.numpy as jnp
 
     import jaxnlls
@@ -91,18 +95,20 @@ def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int) -> dic
 
     z_params, x0_params = to_params(jnp.asarray(z)), to_params(jnp.asarray(init))
 
-    def solve_one(zp, xp):
+    def solve_one(zp, xp, hessian="exact"):
         data = (((None, None, SE2(zp), sqrt_l), loss0),)
-        sol = fg.solve(init0.replace(pose_t, SE2(xp)), data, max_steps=max_steps, throw=False)
+        sol = fg.solve(init0.replace(pose_t, SE2(xp)), data, max_steps=max_steps, throw=False,
+                       adjoint=jaxnlls.ImplicitAdjoint(hessian=hessian))
         return sol.value.get(pose_t).params, sol.result, sol.stats.steps, sol.stats.final_cost
 
     fwd = jax.jit(jax.vmap(solve_one))
 
-    def loss(zp, xp):
-        params = jax.vmap(solve_one)(zp, xp)[0]
-        return jnp.mean(jnp.sum(params[..., 2:] ** 2, axis=-1))
+    def fwd_bwd_of(hessian):
+        def loss(zp, xp):
+            params = jax.vmap(lambda a, b: solve_one(a, b, hessian))(zp, xp)[0]
+            return jnp.mean(jnp.sum(params[..., 2:] ** 2, axis=-1))
 
-    fwd_bwd = jax.jit(jax.value_and_grad(loss))
+        return jax.jit(jax.value_and_grad(loss))
 
     def timed(fn, *a):
         t0 = time.perf_counter()
@@ -116,8 +122,18 @@ def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int) -> dic
         return out, first, ts
 
     (xs, res, steps, costs), fwd_first, fwd_ts = timed(fwd, z_params, x0_params)
-    (_, g), fb_first, fb_ts = timed(fwd_bwd, z_params, x0_params)
-    fwd_s, fb_s = statistics.median(fwd_ts), statistics.median(fb_ts)
+    fwd_s = statistics.median(fwd_ts)
+    by_hessian, grads = {}, {}
+    for h in hessians:
+        (_, grads[h]), h_first, h_ts = timed(fwd_bwd_of(h), z_params, x0_params)
+        h_s = statistics.median(h_ts)
+        by_hessian[h] = {
+            "fwd_bwd_compile_s": max(h_first - h_s, 0.0), "fwd_bwd_times": h_ts, "fwd_bwd_s": h_s,
+            "bwd_per_graph_ms": 1e3 * max(h_s - fwd_s, 0.0) / n_graphs,
+        }  # fmt: skip
+    g = grads[hessians[0]]
+    fb_first = by_hessian[hessians[0]]["fwd_bwd_compile_s"]
+    fb_ts, fb_s = by_hessian[hessians[0]]["fwd_bwd_times"], by_hessian[hessians[0]]["fwd_bwd_s"]
     ok = np.asarray(res) == jaxnlls.RESULTS.successful
     summary = {
         "n_graphs": n_graphs,
@@ -133,17 +149,20 @@ def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int) -> dic
         "fwd_times": fwd_ts,
         "fwd_s": fwd_s,
         "fwd_per_graph_ms": 1e3 * fwd_s / n_graphs,
-        "fwd_bwd_compile_s": max(fb_first - fb_s, 0.0),
+        "hessian": hessians[0],
+        "fwd_bwd_compile_s": fb_first,
         "fwd_bwd_times": fb_ts,
         "fwd_bwd_s": fb_s,
         "bwd_per_graph_ms": 1e3 * max(fb_s - fwd_s, 0.0) / n_graphs,
-        "grad_finite": bool(np.all(np.isfinite(np.asarray(g)))),
+        "grad_finite": bool(all(np.all(np.isfinite(np.asarray(v))) for v in grads.values())),
+        "by_hessian": by_hessian,
     }
     arrays = {
         "poses": np.asarray(xs),  # (B, N, 4): cos, sin, x, y
         "cost": np.asarray(costs),
         "steps": np.asarray(steps),
         "grad": np.asarray(g),  # (B, E, 4): cos, sin, x, y
+        **{f"grad_{h}": np.asarray(v) for h, v in grads.items()},
     }
     return summary, arrays
 
@@ -215,6 +234,9 @@ def main() -> None:
     ap.add_argument("--theseus-methods", default="gn", help="gn,lm")
     ap.add_argument("--theseus-backward", default="implicit", help="implicit,unroll")
     ap.add_argument("--theseus-linear", default="cholmod", choices=["cholmod", "dense"])
+    ap.add_argument("--hessian", default="exact,gauss_newton",
+                    help="jaxnlls implicit-adjoint Hessians to time (Theseus's implicit "
+                         "backward solves with the Gauss-Newton JᵀJ)")
     ap.add_argument("--peer-timeout", type=float, default=3600.0)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -235,19 +257,21 @@ def main() -> None:
     np.savez(npz, edges=edges, z=z, init=init, sigma=1.0 / np.diag(sqrt_info))
 
     print(f"jaxnlls: {args.n_graphs} x {args.n_poses} ...", file=sys.stderr, flush=True)
-    j, ja = jaxnlls_side(edges, z, init, sqrt_info, args.repeats, args.max_steps)
+    hessians = tuple(args.hessian.split(","))
+    j, ja = jaxnlls_side(edges, z, init, sqrt_info, args.repeats, args.max_steps, hessians)
     out["jaxnlls"] = j
 
     rows = [
         {
-            "solver": f"jaxnlls LM ({j['linear_solver']}, implicit adjoint)",
+            "solver": f"jaxnlls LM ({j['linear_solver']}, implicit adjoint, {h} Hessian)",
             "iterations": f"{j['max_iterations']} (mean {j['mean_iterations']:.1f})",
             "cost": j["mean_final_cost"],
             "fwd_s": j["fwd_s"],
-            "fb_s": j["fwd_bwd_s"],
-            "compile": (j["fwd_compile_s"], j["fwd_bwd_compile_s"]),
+            "fb_s": jh["fwd_bwd_s"],
+            "compile": (j["fwd_compile_s"], jh["fwd_bwd_compile_s"]),
             "n": args.n_graphs,
         }
+        for h, jh in j["by_hessian"].items()
     ]
     check: dict = {}
     ja_np = numpy_costs(
@@ -296,10 +320,11 @@ def main() -> None:
                         continue
                     # gradient w.r.t. the measured translations (x, y): the same coordinates
                     # in both layouts (the cos/sin parts depend on how each library reads them)
-                    gt, gj = ta[f"{m}_{mode}_grad"][..., :2], ja["grad"][..., 2:]
-                    c[f"grad_xy_{mode}_rel_l2"] = float(
-                        np.linalg.norm(gt - gj) / np.linalg.norm(gj)
-                    )
+                    for h in hessians:
+                        gt, gj = ta[f"{m}_{mode}_grad"][..., :2], ja[f"grad_{h}"][..., 2:]
+                        c[f"grad_xy_{mode}_vs_{h}_rel_l2"] = float(
+                            np.linalg.norm(gt - gj) / np.linalg.norm(gj)
+                        )
                 check[f"theseus_{m}"] = c
                 base = {
                     "solver": f"Theseus {name} ({tm['linear']}), no_grad fwd",
@@ -319,7 +344,10 @@ def main() -> None:
                         r["ratio_fb"] = "FAILED: " + b["error"][:80]
                     else:
                         r["fb_s"] = b["fwd_bwd_s"]
-                        r["ratio_fb"] = f"{b['fwd_bwd_s'] / j['fwd_bwd_s']:.1f}"
+                        r["ratio_fb"] = " / ".join(
+                            f"{b['fwd_bwd_s'] / jh['fwd_bwd_s']:.1f}"
+                            for jh in j["by_hessian"].values()
+                        )
                     rows.append(r)
     out["check"] = check
     out["load_avg_end"] = os.getloadavg()
