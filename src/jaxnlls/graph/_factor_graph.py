@@ -158,8 +158,10 @@ def _implicit_bwd(residuals, cot_x, perturbed, data, x_star, structure, hessian,
 
     if hessian == "gauss_newton":
         u = precond(dbar)
-        Ju = jax.jvp(lambda d: G.residual(structure, G.retract(structure, x_star, d), data),
-                     (d0,), (u,))[1]
+        # J u from the linearization already at hand (the anchor's identity rows come last);
+        # a JVP of the residual through the retraction cost as much as the rest of this pass
+        n_anchor = 0 if structure.anchor is None else len(structure.anchor_cols)
+        Ju = lin.mv(u)[: lin.residual.shape[0] - n_anchor]
         _, vjp = eqx.filter_vjp(lambda dat: G.residual(structure, x_star, dat), data)
         return vjp(-Ju)[0]
     gfn = _cost_grad(structure, x_star, data)
