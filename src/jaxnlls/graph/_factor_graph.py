@@ -17,7 +17,7 @@ from ..linear._blocksparse import BlockSparseLinearization
 from ..linear._dense import LOOP_N
 from ..linear._pcg import BlockJacobiPCG, pcg
 from ..linear._schur import SchurComplement
-from ..linear._sparse import SparseCholesky
+from ..linear._sparse import SparseCholesky, sparse_solve
 from ..solvers import AbstractSolver
 from . import _graph as G
 from ._factor import Factor
@@ -165,6 +165,10 @@ def _implicit_bwd(residuals, cot_x, perturbed, data, x_star, structure, hessian,
         _, vjp = eqx.filter_vjp(lambda dat: G.residual(structure, x_star, dat), data)
         return vjp(-Ju)[0]
     gfn = _cost_grad(structure, x_star, data)
+    if isinstance(step_solver, SparseCholesky):
+        u = _exact_sparse_solve(structure, x_star, data, damping, step_solver, dbar, precond)
+        _, vjp = eqx.filter_vjp(lambda dat: gfn(d0, dat), data)
+        return vjp(-u)[0]
     free = structure.free_mask
 
     def matvec(v):
@@ -178,6 +182,21 @@ def _implicit_bwd(residuals, cot_x, perturbed, data, x_star, structure, hessian,
     u, _ = pcg(matvec, dbar, precond, rtol, 0.0, 100)
     _, vjp = eqx.filter_vjp(lambda dat: gfn(d0, dat), data)
     return vjp(-u)[0]
+
+
+def _exact_sparse_solve(structure, x_star, data, damping, step_solver, dbar, precond):
+    """``(H + μI)⁻¹ δ̄`` with the exact Hessian ``H`` assembled from per-factor cost Hessians
+    in the normal equations' sparsity pattern and solved by the same host factorization, in one
+    round (the CG on Hessian-vector products preconditioned by ``JᵀJ`` took about 8 on the
+    256 × 128 batched graphs, each a host solve and a forward-over-reverse pass). ``H`` is
+    positive semi-definite at a minimum; elsewhere qdldl's LDLᵀ still solves a nonsingular
+    ``H``. Where the solve fails (singular ``H``), the Gauss-Newton solve is used instead."""
+    n = structure.tangent_size
+    dtype = G._dtype_of(x_star)
+    data_h = G.cost_hessian_csc_data(structure, x_star, data, jnp.full((n,), damping, dtype))
+    u = sparse_solve(structure.layout, data_h, dbar, step_solver.backend)
+    ok = jnp.all(jnp.isfinite(u))
+    return jax.lax.cond(ok, lambda: u, lambda: precond(dbar))
 
 
 # ----------------------------------------------------------------------- the solve
@@ -357,8 +376,10 @@ class FactorGraph(eqx.Module):
                 :func:`auto_linear_solver`), or ``DenseCholesky()``, ``SparseCholesky()``,
                 ``BlockJacobiPCG()``, ``SchurComplement(Point)``.
             adjoint: ``None`` / ``ImplicitAdjoint(hessian="exact")`` (default): implicit
-                differentiation at the solution, with CG on the exact Hessian-vector product
-                preconditioned by the solver's own sparse/dense/Schur solve of ``JᵀJ + μI``;
+                differentiation at the solution. With :class:`SparseCholesky` the exact Hessian
+                is assembled from per-factor cost Hessians and solved once by the same host
+                factorization; with other step solvers, CG on exact Hessian-vector products
+                preconditioned by the solver's own dense/Schur/PCG solve of ``JᵀJ + μI``;
                 ``ImplicitAdjoint(hessian="gauss_newton")``: one solve with ``JᵀJ``;
                 ``UnrollAdjoint()``, ``TruncatedAdjoint(k)``, ``OneStepAdjoint()``,
                 ``DirectLossAdjoint(eps)`` as in :func:`jaxnlls.solve`.

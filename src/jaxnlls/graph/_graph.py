@@ -10,7 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..linear._blocksparse import BlockLayout, BlockSparseJacobian, BlockSparseLinearization
+from ..linear._blocksparse import (
+    BlockLayout,
+    BlockSparseJacobian,
+    BlockSparseLinearization,
+    symmetric_blocks_csc_data,
+)
 from ..manifold import is_manifold
 from ._factor import Factor, FactorType, _is_data, _SlotValues
 from ._var import Var, VarValues, _Ids, _slot_var
@@ -423,6 +428,39 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
             f"(residual_dim, {c})"
         )
     return r, J
+
+
+def group_cost_hessian(structure: GraphStructure, values: tuple, data: tuple, g: int):
+    """Per factor of group ``g``: the Hessian of its cost ``½‖r(x ⊕ δ)‖²`` (robust loss
+    included) with respect to its own tangent ``δ`` at 0, shape ``(n_g, c, c)``."""
+    group = structure.groups[g]
+    slots = structure.layout.slots[g]
+    dims = tuple(structure.layout.var_blocks[t][2] for t, _ in slots)
+    _, local = _group_fns(group, dims)
+    slot_vals = _gather(values, group, slots)
+    data_args, loss = data[g]
+    d0 = jnp.zeros(sum(dims), _dtype_of(values))
+
+    def one(sv, da):
+        return jax.hessian(lambda d: 0.5 * jnp.sum(local(d, sv, (da, loss)) ** 2))(d0)
+
+    return jax.vmap(one)(slot_vals, data_args)
+
+
+def cost_hessian_csc_data(structure: GraphStructure, values: tuple, data: tuple, damping):
+    """Upper-triangle CSC values (the normal equations' pattern) of the exact Hessian of the
+    graph's cost in the tangent chart, plus ``damping`` on the diagonal; the gauge-fixed
+    variable's rows and columns are the identity, as in :func:`linearize`."""
+    blocks = [group_cost_hessian(structure, values, data, g) for g in range(len(structure.groups))]
+    if structure.anchor is not None:
+        mask = structure.free_mask
+        blocks = [
+            B * (mask[c][:, :, None] * mask[c][:, None, :]).astype(B.dtype)
+            for B, c in zip(blocks, structure.layout.cols)
+        ]
+        d = len(structure.anchor_cols)
+        blocks.append(jnp.eye(d, dtype=blocks[0].dtype)[None])
+    return symmetric_blocks_csc_data(structure.layout, blocks, damping, blocks[0].dtype)
 
 
 def linearize(structure: GraphStructure, values: tuple, data: tuple) -> BlockSparseLinearization:

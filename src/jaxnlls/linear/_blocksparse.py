@@ -162,6 +162,27 @@ class BlockLayout:
         return self._cache["upper"]
 
 
+def symmetric_blocks_csc_data(
+    layout: BlockLayout, blocks, damping: Float[Array, " n"] | None, dtype
+) -> Float[Array, " nnz"]:
+    """Upper-triangle CSC values of ``Σᵢ Pᵢᵀ Bᵢ Pᵢ + diag(damping)`` for symmetric per-factor
+    blocks ``Bᵢ`` (one ``(n_g, c_g, c_g)`` array per group, over the factor's columns): ``JᵢᵀJᵢ``
+    for the normal equations, a factor's cost Hessian for the exact implicit adjoint."""
+    _, _, scatter, diag_pos, nnz = layout.gram_pattern()
+    data = jnp.zeros(nnz + 1, dtype)
+    for B, s, plan in zip(blocks, scatter, layout.gram_upper_plan()):
+        if plan is None:
+            data = data.at[s.reshape(-1)].add(B.reshape(-1))
+            continue
+        I, J, pos = plan
+        c = B.shape[2]
+        vals = B.reshape(B.shape[0], c * c)[:, I * c + J]
+        data = data.at[pos.reshape(-1)].add(vals.reshape(-1))
+    if damping is not None:
+        data = data.at[diag_pos].add(damping)
+    return data[:nnz]
+
+
 class BlockSparseJacobian(eqx.Module):
     """``J`` as dense per-factor blocks plus host-side column indices.
 
@@ -226,23 +247,13 @@ class BlockSparseJacobian(eqx.Module):
 
     def gram_csc_data(self, damping: Float[Array, " n"] | None = None) -> Float[Array, " nnz"]:
         """Values of the upper triangle of ``JᵀJ + diag(damping)`` in the layout's CSC pattern."""
-        _, _, scatter, diag_pos, nnz = self.layout.gram_pattern()
-        data = jnp.zeros(nnz + 1, self.dtype)
-        for b, s, plan in zip(self.blocks, scatter, self.layout.gram_upper_plan()):
-            if plan is None:
-                data = data.at[s.reshape(-1)].add(jnp.einsum("nri,nrj->nij", b, b).reshape(-1))
-                continue
-            I, J, pos = plan
-            c = b.shape[2]
-            if c <= ELEMENTWISE_N:  # tiny batched GEMMs are slow on XLA:CPU (see gram_t)
-                full = jnp.sum(b[:, :, :, None] * b[:, :, None, :], axis=1)
+        blocks = []
+        for b in self.blocks:
+            if b.shape[2] <= ELEMENTWISE_N:  # tiny batched GEMMs are slow on XLA:CPU (gram_t)
+                blocks.append(jnp.sum(b[:, :, :, None] * b[:, :, None, :], axis=1))
             else:
-                full = jnp.einsum("nri,nrj->nij", b, b)
-            vals = full.reshape(b.shape[0], c * c)[:, I * c + J]
-            data = data.at[pos.reshape(-1)].add(vals.reshape(-1))
-        if damping is not None:
-            data = data.at[diag_pos].add(damping)
-        return data[:nnz]
+                blocks.append(jnp.einsum("nri,nrj->nij", b, b))
+        return symmetric_blocks_csc_data(self.layout, blocks, damping, self.dtype)
 
     def to_dense(self) -> Float[Array, "m n"]:
         """Dense ``J`` (tests and small problems)."""
