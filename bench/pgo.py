@@ -9,8 +9,10 @@ Usage (from the repository root)::
     .venv/bin/python bench/pgo.py --json-out /tmp/pgo.json
 
 jaxnlls side (this venv, float64, CPU unless JAX finds an accelerator): ``FactorGraph`` of
-between factors built from ``jaxnlls.io``, default solver (LM, ``rtol=1e-10``, ``atol=1e-12``,
-auto linear solver: sparse Cholesky for these sizes on CPU), at most ``--max-steps`` iterations.
+between factors built from ``jaxnlls.io``, default solver (LM, ``rtol=1e-7``, ``atol=1e-10``,
+auto linear solver: sparse Cholesky for these sizes on CPU, whose host backend, CHOLMOD with the
+``cholmod`` extra installed, qdldl or supernodal, is the ``linear solver`` column), at most
+``--max-steps`` iterations.
 Reported separately: read (file parsing), build (``FactorGraph.build``), first call (compile +
 solve), steady-state solve (median of ``--repeats`` after the first call, ``block_until_ready``),
 iterations and the final cost recomputed with the numpy residual of ``PoseGraph``.
@@ -97,14 +99,21 @@ def run_jaxnlls(rel: str, repeats: int, max_steps: int) -> dict:
         "solve_s": solve_s,
         "times": times,
         "first_solution_s": read_s + build_s + first_s,
-        "linear_solver": type(_default_linear_solver(fg)).__name__,
+        "linear_solver": _default_linear_solver(fg),
     }
 
 
-def _default_linear_solver(fg):
+def _default_linear_solver(fg) -> str:
+    """The automatic step solver's name, with the host backend it took for a sparse solve."""
     from jaxnlls.graph import auto_linear_solver
+    from jaxnlls.linear import SparseCholesky
+    from jaxnlls.linear._sparse import host_factor
 
-    return auto_linear_solver(fg.structure)
+    ls = auto_linear_solver(fg.structure)
+    name = type(ls).__name__
+    if isinstance(ls, SparseCholesky):
+        name += f" ({host_factor(fg.structure.layout, ls.backend).backend})"
+    return name
 
 
 def run_peer(rel: str, solver: str, repeats: int, timeout: float) -> dict:
@@ -318,6 +327,7 @@ def _f(x, fmt: str) -> str:
 def table(problems: dict) -> str:
     cols = [
         "problem",
+        "linear solver",
         "jaxnlls it",
         "jaxnlls cost",
         "rel. to ref",
@@ -342,6 +352,7 @@ def table(problems: dict) -> str:
         ref = row.get("reference_cost")
         cells = [
             name,
+            j["linear_solver"],
             str(j["iterations"]),
             f"{j['final_cost']:.8g}",
             f"{(j['final_cost'] - ref) / ref:+.1e}" if ref else "-",

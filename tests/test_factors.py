@@ -224,47 +224,85 @@ def test_gram_csc_data_is_upper_triangle_of_dense_normal_matrix(same_twice, tol)
     np.testing.assert_allclose(got, np.triu(ref), rtol=tol.rtol, atol=tol.atol * scale)
 
 
+def _sparse_step_equals_dense(n_poses, damping, backend):
+    """The damped GN step of a loop graph by ``SparseCholesky(backend)`` equals the dense one,
+    also for a given right-hand side after refactoring the pattern with another diagonal.
+    Returns the linearization, the damping, the dense step and the host factorization."""
+    from jaxnlls.linear import DenseCholesky
+    from jaxnlls.linear._sparse import SparseCholesky, host_factor
+
+    g, vals = _loop_graph(n_poses, jnp.float64)  # callers pass a distinct size per case
+    lin = g.linearize(vals)
+    n = g.tangent_size
+    d = jnp.full((n,), damping)
+    ref = np.asarray(DenseCholesky().solve(lin, d)[0])
+    got, ok = SparseCholesky(backend).solve(lin, d)
+    assert bool(ok)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+    rhs = jnp.asarray(np.random.default_rng(2).normal(size=n))
+    d2 = jnp.asarray(np.random.default_rng(4).uniform(1.0, 2.0, n)) + damping
+    got2 = np.asarray(SparseCholesky(backend).solve(lin, d2, rhs)[0])
+    ref2 = np.asarray(DenseCholesky().solve(lin, d2, rhs)[0])
+    np.testing.assert_allclose(got2, ref2, rtol=1e-8, atol=1e-10 * np.abs(ref2).max())
+    return lin, d, ref, host_factor(g.structure.layout, backend)
+
+
 @pytest.mark.parametrize("damping", [1e-3, 0.0])
 @pytest.mark.parametrize("min_batch", [1, 10**9], ids=["leaves_batched", "all_looped"])
 def test_supernodal_step_equals_dense_and_qdldl(damping, min_batch, requires_x64, monkeypatch):
     """The block supernodal sparse Cholesky gives the dense (and qdldl) damped GN step, with
     the leaves of the elimination tree factored in batches or one by one."""
     pytest.importorskip("scipy")
-    from jaxnlls.linear import DenseCholesky
-    from jaxnlls.linear._sparse import SparseCholesky, _Supernodal, host_factor
+    from jaxnlls.linear._sparse import SparseCholesky, _Supernodal
 
     monkeypatch.setattr(_Supernodal, "min_batch", min_batch)
-    g, vals = _loop_graph(40 + (min_batch == 1), jnp.float64)  # distinct pattern per case
-    lin = g.linearize(vals)
-    n = g.tangent_size
-    d = jnp.full((n,), damping)
-    ref = np.asarray(DenseCholesky().solve(lin, d)[0])
-    sn, ok = SparseCholesky("supernodal").solve(lin, d)
-    assert bool(ok)
-    fac = host_factor(g.structure.layout, "supernodal")
+    lin, d, ref, fac = _sparse_step_equals_dense(40 + (min_batch == 1), damping, "supernodal")
     assert fac.backend == "supernodal" and fac.supernodal is not None
     assert 1 < fac.supernodal.n_supernodes < 40  # several variables per supernode
     assert (fac.supernodal.n_batched > 0) == (min_batch == 1)
-    np.testing.assert_allclose(np.asarray(sn), ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
     if importlib.util.find_spec("qdldl") is not None:
         qd = np.asarray(SparseCholesky("qdldl").solve(lin, d)[0])
-        np.testing.assert_allclose(np.asarray(sn), qd, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
-    # a given right-hand side, and the same pattern refactored with other values
-    rhs = jnp.asarray(np.random.default_rng(2).normal(size=n))
-    d2 = jnp.full((n,), damping + 1.0)
-    got = np.asarray(SparseCholesky("supernodal").solve(lin, d2, rhs)[0])
-    ref2 = np.asarray(DenseCholesky().solve(lin, d2, rhs)[0])
-    np.testing.assert_allclose(got, ref2, rtol=1e-8, atol=1e-10 * np.abs(ref2).max())
+        np.testing.assert_allclose(qd, ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
 
 
-def test_supernodal_not_positive_definite_falls_back():
+@pytest.mark.parametrize("damping", [1e-3, 0.0])
+def test_cholmod_step_equals_dense_step(damping, requires_x64):
+    """CHOLMOD (cvxopt) gives the dense damped GN step, also after a refactorization with other
+    values on the same pattern (the values are replaced in place, in the pattern's order)."""
+    pytest.importorskip("cvxopt")
+    lin, d, ref, fac = _sparse_step_equals_dense(38 + (damping == 0.0), damping, "cholmod")
+    assert fac.backend == "cholmod" and fac._batch_backend == "cholmod"
+    # CHOLMOD itself factored it (a failed Cholesky would fall back to qdldl's LDLᵀ)
+    data, b = np.asarray(lin.jac.gram_csc_data(d)), np.asarray(-lin.rmv(lin.residual))
+    direct = fac._cholmod_factor.solve(data, b)
+    assert direct is not None
+    np.testing.assert_allclose(direct, ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+
+
+def test_cholmod_backend_without_cvxopt_names_the_extra(monkeypatch):
+    from jaxnlls.linear import _sparse
+
+    monkeypatch.setattr(_sparse, "_CHOLMOD", False)
+    with pytest.raises(ImportError, match=r"jaxnlls\[cholmod\]"):
+        _sparse.SparseCholesky("cholmod").solve(*_small_lin())
+
+
+def _small_lin():
+    g, vals = _loop_graph(6, _dt())
+    return g.linearize(vals), jnp.full((g.tangent_size,), 1.0, _dt())
+
+
+@pytest.mark.parametrize("backend", ["supernodal", "cholmod"])
+def test_cholesky_not_positive_definite_falls_back(backend):
     """A matrix that is not positive definite is not factored by Cholesky; the solve falls back
     to the LDLᵀ / LU of the same matrix rather than returning garbage."""
+    if backend == "cholmod":
+        pytest.importorskip("cvxopt")
     from jaxnlls.linear._sparse import _HostFactor
 
-    g, _ = _loop_graph(12, _dt())
+    g, _ = _loop_graph(12 + (backend == "cholmod"), _dt())
     layout = g.structure.layout
-    fac = _HostFactor(layout, "supernodal")
+    fac = _HostFactor(layout, backend)
     indptr, indices, _, diag_pos, nnz = layout.gram_pattern()
     rng = np.random.default_rng(0)
     n = layout.n_cols
@@ -272,21 +310,25 @@ def test_supernodal_not_positive_definite_falls_back():
     data[diag_pos] = rng.uniform(1, 2, n) * np.where(np.arange(n) % 5 == 0, -1.0, 1.0)
     b = rng.normal(size=n)
     x = fac.solve(data, b)
-    assert fac.supernodal is not None and not fac.supernodal.factor(data)
+    if backend == "cholmod":
+        assert fac._cholmod_factor is not None and fac._cholmod_factor.solve(data, b) is None
+    else:
+        assert fac.supernodal is not None and not fac.supernodal.factor(data)
     np.testing.assert_allclose(data[diag_pos] * x, b, rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["qdldl", "supernodal"])
+@pytest.mark.parametrize("backend", ["qdldl", "supernodal", "cholmod"])
 def test_solve_batch_equals_per_member_dense_solves(backend, monkeypatch):
     """The batched host solve (``vmap``'s one callback; qdldl splits the members over threads)
     gives each member's dense solve; an all-zero and an indefinite member come back as NaN
-    (qdldl) or by the LDLᵀ/LU fallback (supernodal), exactly as the single solve does."""
-    if backend == "qdldl":
-        pytest.importorskip("qdldl")
+    (qdldl) or by the LDLᵀ/LU fallback (supernodal, CHOLMOD), exactly as the single solve
+    does."""
+    pytest.importorskip({"qdldl": "qdldl", "cholmod": "cvxopt"}.get(backend, "scipy"))
     from jaxnlls.linear import _sparse
 
     monkeypatch.setattr(_sparse, "_n_cpus", lambda: 4)  # threads even on a 1-core runner
-    g, _ = _loop_graph(14 + (backend == "qdldl"), _dt())  # a fresh pattern per case
+    n_poses = {"supernodal": 14, "qdldl": 15, "cholmod": 16}[backend]  # a fresh pattern each
+    g, _ = _loop_graph(n_poses, _dt())
     layout = g.structure.layout
     fac = _sparse._HostFactor(layout, backend)
     indptr, indices, _, diag_pos, nnz = layout.gram_pattern()
@@ -330,13 +372,29 @@ def _banded_graph(n_poses, strides):
     return FactorGraph.build([between(P3(ia), P3(ib), z, L)])
 
 
-def test_supernodal_auto_choice_follows_fill():
-    """``backend="auto"``: a chain (no fill, tiny fronts: per-supernode overhead dominates) goes
-    to qdldl; a graph with long loop closures (dense fronts) to the supernodal backend."""
+def test_supernodal_auto_choice_follows_fill(monkeypatch):
+    """``backend="auto"`` without cvxopt: a chain (no fill, tiny fronts: per-supernode overhead
+    dominates) goes to qdldl; a graph with long loop closures (dense fronts) to the supernodal
+    backend."""
     pytest.importorskip("qdldl")
+    from jaxnlls.linear import _sparse
+
+    monkeypatch.setattr(_sparse, "_CHOLMOD", False)
+    chain = _sparse._HostFactor(_banded_graph(400, []).structure.layout, "auto")
+    assert chain.backend == "qdldl" and chain.supernodal is None
+    filled = _sparse._HostFactor(_banded_graph(200, [5, 11, 23]).structure.layout, "auto")
+    assert filled.backend == "supernodal" and filled.supernodal is not None
+
+
+def test_cholmod_auto_choice_follows_fill():
+    """``backend="auto"`` with cvxopt: the filled graph goes to CHOLMOD (its ``vmap`` batches to
+    qdldl in threads), the chain still to qdldl."""
+    pytest.importorskip("qdldl")
+    pytest.importorskip("cvxopt")
     from jaxnlls.linear._sparse import _HostFactor
 
-    chain = _HostFactor(_banded_graph(400, []).structure.layout, "auto")
-    assert chain.backend == "qdldl" and chain.supernodal is None
-    filled = _HostFactor(_banded_graph(200, [5, 11, 23]).structure.layout, "auto")
-    assert filled.backend == "supernodal" and filled.supernodal is not None
+    chain = _HostFactor(_banded_graph(401, []).structure.layout, "auto")
+    assert chain.backend == "qdldl"
+    filled = _HostFactor(_banded_graph(201, [5, 11, 23, 47]).structure.layout, "auto")
+    assert filled.backend == "cholmod" and filled.supernodal is None
+    assert filled._batch_backend == "qdldl"

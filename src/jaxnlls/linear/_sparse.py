@@ -1,37 +1,51 @@
 """Sparse direct (Cholesky / LDLᵀ) step solver on the host, called from ``jit``.
 
 Library choice (compared on this project's pose graphs, 2-core CPU, float64; times per
-numeric factorization of ``JᵀJ + λI`` after the one-off symbolic analysis):
+numeric factorization + solve of ``JᵀJ + λI`` after the one-off symbolic analysis):
 
 =================  =========  =========  ===========  ==============================================
 library            intel      M3500      sphere2500   notes
 =================  =========  =========  ===========  ==============================================
-``qdldl``          3 ms       7 ms       0.19 s       Apache-2.0, pip wheels, AMD ordering +
+CHOLMOD (cvxopt)   1.6 ms     3.9 ms     0.023 s      optional extra ``jaxnlls[cholmod]``; cvxopt is
+                                                      GPL-3.0 (CHOLMOD's supernodal module GPL-2),
+                                                      pip wheels with CHOLMOD and OpenBLAS bundled;
+                                                      ``symbolic`` once, ``numeric`` per iteration
+``qdldl``          1.0 ms     3.5 ms     0.13 s       Apache-2.0, pip wheels, AMD ordering +
                                                       symbolic analysis once, ``update()`` refactors
                                                       numerically with the same pattern
-block supernodal   –          –          0.06 s       this module (numpy + scipy's LAPACK): AMD on
+block supernodal   –          –          0.05 s       this module (numpy + scipy's LAPACK): AMD on
                                                       the *variable* graph, supernodes of whole
                                                       variables, multifrontal dense kernels
 scipy ``splu``     11 ms      40 ms      0.22 s       BSD, already a dependency; LU, no reuse of the
                                                       symbolic analysis (fallback when qdldl absent)
 ``cholespy``       10 ms      27 ms      0.39 s       BSD, bundles CHOLMOD, but no numeric-only
                                                       refactorization API
-scikit-sparse      –          –          –            CHOLMOD; needs SuiteSparse headers/libraries
-                                                      from the OS (no plain ``pip`` install)
+scikit-sparse      –          –          –            CHOLMOD; sdist only (0.5.0): needs SuiteSparse
+                                                      headers/libraries from the OS
 =================  =========  =========  ===========  ==============================================
 
+The base install is permissive (MIT project; qdldl Apache-2.0, scipy BSD), so CHOLMOD is an
+*optional* extra, as in Theseus (MIT), whose sparse solve also uses CHOLMOD: installing
+``jaxnlls[cholmod]`` brings GPL code into the process, and it is then used by
+``backend="auto"`` where it is fastest. Without it, qdldl and the block supernodal
+factorization below cover every case.
+
 qdldl is a scalar (column-by-column) factorization: about 2.5 GFlop/s here, so it is fastest
-when the factor has little fill (2D pose graphs, parking-garage). 3D graphs with loop closures
-everywhere (sphere2500: 0.6 GFlop per factorization) fill in, and there the block supernodal
-factorization (:class:`_Supernodal`, dense LAPACK kernels on frontal matrices of whole
-variables, ~10 GFlop/s single-threaded plus ~25 µs of Python per supernode) is 3-4x faster.
-``backend="auto"`` picks between the two per sparsity pattern from the supernodal symbolic
-analysis (flop count and number of supernodes; deterministic, no timing), and falls back to
-scipy's SuperLU when qdldl is not installed.
+when the factor has little fill (2D pose graphs, small graphs). 3D graphs with loop closures
+everywhere (sphere2500: 0.6 GFlop per factorization) fill in; there CHOLMOD's supernodal
+factorization is 5.8x faster than qdldl and the block supernodal factorization of this module
+(:class:`_Supernodal`, dense LAPACK kernels on frontal matrices of whole variables, ~10 GFlop/s
+single-threaded plus ~25 µs of Python per supernode) 2.7x. ``backend="auto"`` picks per
+sparsity pattern from the supernodal symbolic analysis (flop count and number of supernodes;
+deterministic, no timing): CHOLMOD when installed and the factorization is not small
+(:data:`CHOLMOD_MIN_SECONDS`), else the faster of the supernodal backend and qdldl; scipy's
+SuperLU when qdldl is not installed.
 
 All of them run on the host via :func:`jax.pure_callback` (CPU numpy). Under ``vmap`` the
 callback is made once per batch (``vmap_method="expand_dims"``) and solves the members with the
-same symbolic analysis, split over a few threads for qdldl (:meth:`_HostFactor.solve_batch`).
+same symbolic analysis, split over a few threads for qdldl (:meth:`_HostFactor.solve_batch`;
+``"auto"`` uses qdldl for batches even where it chose CHOLMOD for single solves: 256 members
+of 384 unknowns take CHOLMOD 23 ms one after another, qdldl 20 ms in one thread).
 256 SE(2) graphs of 128 poses, 5 LM steps, in one thread: 0.31 s for the batch, against 1.31 s
 with :class:`~jaxnlls.linear.BlockJacobiPCG` (same run) and 0.76 s with one callback per
 member. A batched supernodal factorization (every front factored for all members by one numpy
@@ -58,12 +72,17 @@ from ._blocksparse import BlockLayout, block_layout_of
 from ._step import AbstractStepSolver
 
 
-_BACKENDS = ("auto", "qdldl", "supernodal", "scipy")
+_BACKENDS = ("auto", "cholmod", "qdldl", "supernodal", "scipy")
 
 
 def _backend(name: str) -> str:
     if name not in _BACKENDS:
         raise ValueError(f"SparseCholesky backend must be one of {_BACKENDS}, got {name!r}")
+    if name == "cholmod" and _cholmod() is None:
+        raise ImportError(
+            'SparseCholesky(backend="cholmod") needs cvxopt (CHOLMOD): pip install '
+            '"jaxnlls[cholmod]" (GPL-3.0; see jaxnlls.linear._sparse)'
+        )
     if name == "auto":
         try:
             import qdldl  # noqa: F401
@@ -72,6 +91,57 @@ def _backend(name: str) -> str:
         except ImportError:  # pragma: no cover - depends on the install
             return "scipy"
     return name
+
+
+_CHOLMOD: Any = None
+#: cvxopt's CHOLMOD keeps one global workspace (``cholmod_common``): one call at a time
+_CHOLMOD_LOCK = threading.Lock()
+
+
+def _cholmod():
+    """``(cvxopt.cholmod, cvxopt.spmatrix, cvxopt.matrix)``, or None without cvxopt."""
+    global _CHOLMOD
+    if _CHOLMOD is None:
+        try:
+            from cvxopt import cholmod, matrix, spmatrix
+        except ImportError:
+            _CHOLMOD = False
+        else:
+            _CHOLMOD = (cholmod, spmatrix, matrix)
+    return _CHOLMOD or None
+
+
+class _Cholmod:
+    """CHOLMOD's supernodal ``LLᵀ`` through cvxopt: AMD ordering and symbolic factorization
+    once per pattern (:func:`cholmod.symbolic`), then per solve only the values of the one
+    sparse matrix are replaced (assigning ``.V`` keeps the pattern: 1 ms on sphere2500, where
+    building a new ``spmatrix`` from triplets took 8-11 ms) and factored numerically."""
+
+    def __init__(self, upper):
+        cholmod, spmatrix, matrix = _cholmod()
+        n = upper.shape[0]
+        cols = np.repeat(np.arange(n), np.diff(upper.indptr))
+        # the triplets in CSC order (sorted rows per column), so .V is in ``data``'s order
+        rows_m = matrix(upper.indices.astype(np.int64).tolist(), tc="i")
+        cols_m = matrix(cols.tolist(), tc="i")
+        with _CHOLMOD_LOCK:
+            self.A = spmatrix(matrix(np.asarray(upper.data, np.float64)), rows_m, cols_m, (n, n))
+            if len(self.A.V) != upper.nnz:  # pragma: no cover - cvxopt merges duplicates only
+                raise RuntimeError("CHOLMOD matrix lost entries of the pattern")
+            self.F = cholmod.symbolic(self.A, uplo="U")
+
+    def solve(self, data: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """``A⁻¹ b``, or None when ``A`` is not (numerically) positive definite."""
+        cholmod, _, matrix = _cholmod()
+        with _CHOLMOD_LOCK:
+            self.A.V = matrix(np.ascontiguousarray(data, np.float64))
+            try:
+                cholmod.numeric(self.A, self.F)
+            except ArithmeticError:
+                return None
+            x = matrix(np.ascontiguousarray(b, np.float64))
+            cholmod.solve(self.F, x)
+        return np.array(x).reshape(b.shape)
 
 
 # ----------------------------------------------------------------------- BLAS threads
@@ -451,6 +521,14 @@ class _Supernodal:
 
 
 # ----------------------------------------------------------------------- per-pattern state
+#: ``backend="auto"`` takes CHOLMOD (when cvxopt is installed) for patterns whose factorization
+#: qdldl is estimated to take longer than this (flops / 2.5 GFlop/s, which overestimates it up
+#: to 2x); below, qdldl's lower overhead wins or ties. Measured per factorization + solve:
+#: intel (estimate 2 ms) qdldl 1.0 / CHOLMOD 1.6 ms, M3500 (7.5 ms) 3.5 / 3.9 ms, parking-garage
+#: (17 ms) 9.8 / 6.9 ms, city10000 (66 ms) 37 / 19 ms, sphere2500 (254 ms) 134 / 23 ms.
+CHOLMOD_MIN_SECONDS = 10e-3
+
+
 class _HostFactor:
     """The per-pattern host state: the scipy CSC skeleton and the reusable factorization.
 
@@ -468,7 +546,9 @@ class _HostFactor:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._backend = backend
+        self._batch_backend: str | None = None  # the backend of solve_batch
         self._supernodal: _Supernodal | None = None
+        self._cholmod_factor: _Cholmod | None = None
         pattern = layout.gram_pattern()  # cached on the layout: computed here, not in the thread
         threading.Thread(target=self._analyse, args=(pattern, layout.var_blocks),
                          name="jaxnlls-sparse-analysis", daemon=True).start()
@@ -493,10 +573,21 @@ class _HostFactor:
                 # qdldl's scalar LDLᵀ runs at ~2.5 GFlop/s (same flop count, no Python overhead)
                 sn = self._supernodal
                 assert sn is not None
-                use_sn = sn.estimated_seconds() < 0.8 * sn.flops / 2.5e9
-                backend = "supernodal" if use_sn else "qdldl"
-                if not use_sn:
+                qdldl_s = sn.flops / 2.5e9
+                if _cholmod() is not None and qdldl_s > CHOLMOD_MIN_SECONDS:
+                    backend = "cholmod"
+                elif sn.estimated_seconds() < 0.8 * qdldl_s:
+                    backend = "supernodal"
+                else:
+                    backend = "qdldl"
+                if backend != "supernodal":
                     self._supernodal = None
+            if backend == "cholmod":
+                self._cholmod_factor = _Cholmod(self.upper)
+                # vmap's batches: qdldl in threads beats CHOLMOD one member after another
+                # (256 members of 384 unknowns: 20 ms in one thread against 23 ms)
+                if self._backend == "auto":
+                    self._batch_backend = "qdldl"
             if self._supernodal is not None:
                 self._supernodal._maps()
                 from scipy.linalg import blas, lapack  # noqa: F401  (first import is slow)
@@ -511,6 +602,8 @@ class _HostFactor:
                     self.upper.data = (rows == cols).astype(np.float64)
                     solver = qdldl.Solver(self.upper, upper=True)
             self._backend = backend
+            if self._batch_backend is None:
+                self._batch_backend = backend
             self._slots = [_Slot(self.upper, solver)]
         except BaseException as e:  # re-raised by solve
             self._error = e
@@ -537,7 +630,7 @@ class _HostFactor:
         self._wait()
         slot = self._slots[0]
         with slot.lock:
-            return self._solve_in(slot, data, rhs)
+            return self._solve_in(slot, data, rhs, self._backend)
 
     def solve_batch(self, data: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         """:meth:`solve` for every row of ``data`` ``(B, nnz)`` and ``rhs`` ``(B, n)``.
@@ -547,7 +640,8 @@ class _HostFactor:
         512 systems of 384 unknowns in 30 ms against 53 ms in one."""
         self._wait()
         nb = len(rhs)
-        workers = max(min(_n_cpus(), 4, nb // 8), 1) if self._backend == "qdldl" else 1
+        backend = self._batch_backend
+        workers = max(min(_n_cpus(), 4, nb // 8), 1) if backend == "qdldl" else 1
         with self._grow:
             while len(self._slots) < workers:
                 self._slots.append(_Slot(self.upper.copy(), None))
@@ -560,26 +654,31 @@ class _HostFactor:
         def run(w, idx):
             slot = self._slots[w]
             with slot.lock:
-                return [self._solve_in(slot, data[i], rhs[i]) for i in idx]
+                return [self._solve_in(slot, data[i], rhs[i], backend) for i in idx]
 
         if workers == 1:
             return np.stack(run(0, range(nb)))
         parts = self._pool.map(run, range(workers), np.array_split(np.arange(nb), workers))
         return np.stack([x for part in parts for x in part])
 
-    def _solve_in(self, slot: _Slot, data: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-        """One solve with ``slot``'s state (held locked; the supernodal factor only in slot 0,
-        the only slot when that backend is in use)."""
+    def _solve_in(self, slot: _Slot, data: np.ndarray, rhs: np.ndarray, backend: str):
+        """One solve by ``backend`` with ``slot``'s state (held locked; the supernodal and
+        CHOLMOD factors only in slot 0, the only slot when those backends are in use)."""
         b = np.asarray(rhs, np.float64)
         if not np.any(data):
             # singular, as any factorization would report; also the placeholder state of
             # the batched factor-graph loop's first iteration (graph/_restart.py)
             return np.full_like(b, np.nan)
-        if self._backend == "supernodal":
+        if backend == "supernodal":
             assert self._supernodal is not None
             if self._supernodal.factor(data):
                 return self._supernodal.solve(b)
             # not positive definite: fall through to the LDLᵀ / LU of the same matrix
+        elif backend == "cholmod":
+            assert self._cholmod_factor is not None
+            x = self._cholmod_factor.solve(data, b)
+            if x is not None:
+                return x
         return self._direct(slot, data, b)
 
     def _direct(self, slot: _Slot, data: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -682,19 +781,23 @@ class SparseCholesky(AbstractStepSolver):
 
     Assembles the upper triangle of ``JᵀJ + D`` straight from the Jacobian blocks into a CSC
     pattern computed once per graph structure, then factors it on the host, with the symbolic
-    analysis done once per pattern and reused by every iteration and solve: either ``qdldl``
-    (scalar LDLᵀ, AMD ordering) or a block supernodal Cholesky (AMD on the variable graph,
-    dense LAPACK kernels on frontal matrices; much faster when the factor fills in, as on 3D
-    pose graphs). scipy's SuperLU is the fallback when qdldl is not installed. See the module
-    docstring for the comparison that led to these choices.
+    analysis done once per pattern and reused by every iteration and solve: CHOLMOD's
+    supernodal Cholesky when the optional extra ``jaxnlls[cholmod]`` (cvxopt, GPL-3.0) is
+    installed, ``qdldl`` (scalar LDLᵀ, AMD ordering) or a block supernodal Cholesky (AMD on the
+    variable graph, dense LAPACK kernels on frontal matrices; much faster than qdldl when the
+    factor fills in, as on 3D pose graphs). scipy's SuperLU is the fallback when qdldl is not
+    installed. A matrix that is not positive definite is refactored by qdldl's LDLᵀ (or LU); a
+    singular one gives ``ok=False``. See the module docstring for the comparison that led to
+    these choices.
 
     Under ``vmap`` one host callback per iteration solves all members in turn (see the module
     docstring); on a GPU, :class:`~jaxnlls.linear.BlockJacobiPCG` keeps everything on the device.
 
     Args:
-        backend: ``"auto"`` (per sparsity pattern, supernodal or qdldl, whichever the
-            symbolic analysis predicts to be faster; scipy when qdldl is absent),
-            ``"supernodal"``, ``"qdldl"`` or ``"scipy"``.
+        backend: ``"auto"`` (per sparsity pattern: CHOLMOD when installed and the
+            factorization is not small, else supernodal or qdldl, whichever the symbolic
+            analysis predicts to be faster; scipy when qdldl is absent), ``"cholmod"`` (raises
+            ImportError without cvxopt), ``"supernodal"``, ``"qdldl"`` or ``"scipy"``.
     """
 
     backend: str = eqx.field(default="auto", static=True)
