@@ -35,7 +35,7 @@ when the factor has little fill (2D pose graphs, small graphs). 3D graphs with l
 everywhere (sphere2500: 0.6 GFlop per factorization) fill in; there CHOLMOD's supernodal
 factorization is 5.8x faster than qdldl and the block supernodal factorization of this module
 (:class:`_Supernodal`, dense LAPACK kernels on frontal matrices of whole variables, ~10 GFlop/s
-single-threaded plus ~25 µs of Python per supernode) 2.7x. ``backend="auto"`` picks per
+single-threaded plus ~25 µs of Python per supernode) 2.2x. ``backend="auto"`` picks per
 sparsity pattern from the supernodal symbolic analysis (flop count and number of supernodes;
 deterministic, no timing): CHOLMOD when installed and the factorization is not small
 (:data:`CHOLMOD_MIN_SECONDS`), else the faster of the supernodal backend and qdldl; scipy's
