@@ -16,6 +16,9 @@ auto linear solver: sparse Cholesky for these sizes on CPU, whose host backend, 
 Reported separately: read (file parsing), build (``FactorGraph.build``), first call (compile +
 solve), steady-state solve (median of ``--repeats`` after the first call, ``block_until_ready``),
 iterations and the final cost recomputed with the numpy residual of ``PoseGraph``.
+``--gtsam-rule`` also times the default solver with ``stop_on_small_decrease=True``, which stops
+by GTSAM's own rule (an accepted step that lowers the cost by at most ``rtol·cost``), for the
+comparison with the GTSAM (tol) row under one stopping rule.
 
 GTSAM side: ``/work/shared/peers/b1_pgo.py --solvers gtsam_lm`` run as a subprocess with the
 peers' Python (GTSAM LM, *default* tolerances 1e-5, max 100 iterations, unit prior on pose 0),
@@ -66,7 +69,7 @@ PROBLEMS = {
 }
 
 
-def run_jaxnlls(rel: str, repeats: int, max_steps: int) -> dict:
+def run_jaxnlls(rel: str, repeats: int, max_steps: int, gtsam_rule: bool = False) -> dict:
     from jaxnlls.io import group_to_poses, pose_graph_to_factor_graph, read_pose_graph
 
     t0 = time.perf_counter()
@@ -75,19 +78,12 @@ def run_jaxnlls(rel: str, repeats: int, max_steps: int) -> dict:
     t0 = time.perf_counter()
     fg, init, pose_t = pose_graph_to_factor_graph(pg)
     build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sol = fg.solve(init, max_steps=max_steps, throw=False)
-    jax.block_until_ready(sol)
-    first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sol = fg.solve(init, max_steps=max_steps, throw=False)
-        jax.block_until_ready(sol)
-        times.append(time.perf_counter() - t0)
+    sol, first_s, times = _timed_solves(fg, init, repeats, max_steps=max_steps, throw=False)
     solve_s = statistics.median(times)
     cost = pg.cost(group_to_poses(sol.value.get(pose_t)))
+    rule = _with_gtsam_rule(fg, pg, pose_t, init, repeats, max_steps) if gtsam_rule else {}
     return {
+        **rule,
         "iterations": int(sol.stats.steps),
         "result": int(sol.result),
         "initial_cost": float(sol.stats.initial_cost),
@@ -100,6 +96,39 @@ def run_jaxnlls(rel: str, repeats: int, max_steps: int) -> dict:
         "times": times,
         "first_solution_s": read_s + build_s + first_s,
         "linear_solver": _default_linear_solver(fg),
+    }
+
+
+def _timed_solves(fg, init, repeats: int, **kw):
+    """``fg.solve(init, **kw)`` once (compile + solve), then ``repeats`` times: the last
+    solution, the first call's seconds and the later calls' seconds."""
+    t0 = time.perf_counter()
+    sol = jax.block_until_ready(fg.solve(init, **kw))
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sol = jax.block_until_ready(fg.solve(init, **kw))
+        times.append(time.perf_counter() - t0)
+    return sol, first_s, times
+
+
+def _with_gtsam_rule(fg, pg, pose_t, init, repeats: int, max_steps: int) -> dict:
+    """The default solver with ``stop_on_small_decrease=True``: GTSAM's stopping rule (an
+    accepted step that lowers the cost by at most ``rtol·cost``) at the same ``rtol``."""
+    import dataclasses
+
+    from jaxnlls.graph import default_solver
+    from jaxnlls.io import group_to_poses
+
+    solver = dataclasses.replace(default_solver(fg.structure), stop_on_small_decrease=True)
+    sol, _, times = _timed_solves(fg, init, repeats, solver=solver, max_steps=max_steps,
+                                  throw=False)
+    return {
+        "rule_iterations": int(sol.stats.steps),
+        "rule_final_cost": pg.cost(group_to_poses(sol.value.get(pose_t))),
+        "rule_solve_s": statistics.median(times),
+        "rule_times": times,
     }
 
 
@@ -253,6 +282,12 @@ def main() -> None:
     )
     ap.add_argument("--gtsam-tol-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument(
+        "--gtsam-rule",
+        action="store_true",
+        help="also time jaxnlls with GTSAM's stopping rule (stop_on_small_decrease=True), "
+        "compared with the GTSAM (tol) row",
+    )
+    ap.add_argument(
         "--theseus",
         default="",
         help="comma-separated problems on which to also run theseus_gn (slow), or 'all'",
@@ -276,7 +311,8 @@ def main() -> None:
     names = [] if args.batched_only else [n for n in args.problems.split(",") if n]
     for name in names:
         rel = PROBLEMS[name]
-        row = {"file": rel, "jaxnlls": run_jaxnlls(rel, args.repeats, args.max_steps)}
+        row = {"file": rel,
+               "jaxnlls": run_jaxnlls(rel, args.repeats, args.max_steps, args.gtsam_rule)}
         if not args.no_gtsam:
             row["gtsam_lm"] = run_peer(rel, "gtsam_lm", args.repeats, args.peer_timeout)
             if args.gtsam_tol > 0:
@@ -345,6 +381,10 @@ def table(problems: dict) -> str:
         "Theseus GN s",
         "Theseus/jaxnlls time",
     ]
+    rule = any("rule_solve_s" in row["jaxnlls"] for row in problems.values())
+    if rule:
+        cols += ["jaxnlls (GTSAM rule) it", "rel. to ref (GTSAM rule)", "solve s (GTSAM rule)",
+                 "jaxnlls (GTSAM rule)/GTSAM (tol) time"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, row in problems.items():
         j, g, t = row["jaxnlls"], row.get("gtsam_lm", {}), row.get("theseus_gn", {})
@@ -370,6 +410,14 @@ def table(problems: dict) -> str:
             _f(t.get("solve_s"), ".3f") if "error" not in t else "FAILED: " + t["error"],
             _ratio(t.get("solve_s"), j["solve_s"]),
         ]
+        if rule:
+            rc = j.get("rule_final_cost")
+            cells += [
+                str(j.get("rule_iterations", "-")),
+                f"{(rc - ref) / ref:+.1e}" if ref and rc is not None else "-",
+                _f(j.get("rule_solve_s"), ".3f"),
+                _ratio(j.get("rule_solve_s"), gt.get("solve_s")),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

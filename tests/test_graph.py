@@ -632,3 +632,20 @@ def test_restart_returns_the_lower_of_plain_and_diagonal_runs(tol):
         assert int(batched.stats.steps[b]) == int(s.stats.steps)
         np.testing.assert_allclose(batched.value.get(Pose).params[b], s.value.get(Pose).params,
                                    rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)
+
+
+def test_stop_on_small_decrease_is_gtsams_rule(requires_x64):
+    """``stop_on_small_decrease`` stops at the first accepted step that lowers the cost by at
+    most ``atol + rtol·cost`` (GTSAM's rule), on the default rule's own path of iterates."""
+    graph, init, _ = small_graph(1, noise=0.3, landmarks=0)
+    strict = graph.solve(init, solver=_lm())
+    fast = graph.solve(init, solver=_lm(stop_on_small_decrease=True))
+    k = int(fast.stats.steps)
+    assert int(fast.result) == 0 and 1 < k < int(strict.stats.steps)
+    cut = [graph.solve(init, solver=_lm(), max_steps=j, throw=False) for j in (k - 2, k - 1, k)]
+    costs = [float(s.stats.final_cost) for s in cut]
+    assert costs[1] - costs[2] <= 1e-10 + 1e-7 * costs[1]  # step k qualifies
+    assert costs[0] - costs[1] > 1e-10 + 1e-7 * costs[0]  # step k - 1 did not
+    np.testing.assert_array_equal(fast.value.get(Pose).params, cut[2].value.get(Pose).params)
+    np.testing.assert_allclose(float(fast.stats.final_cost), float(strict.stats.final_cost),
+                               rtol=1e-7)

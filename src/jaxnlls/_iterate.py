@@ -140,7 +140,11 @@ def judge(
     tol_x = solver.atol + rtol * problem.x_norm(state.x)
     step_small = safe_norm(delta) <= tol_x
     cost_small = jnp.abs(actual) <= solver.atol + rtol * state.cost
-    converged = jnp.where(accept, step_small & cost_small, step_small)
+    if solver.stop_on_small_decrease:  # GTSAM's rule: an accepted step that gains ~nothing
+        model_small = jnp.abs(predicted) <= solver.atol + rtol * state.cost
+        converged = jnp.where(accept, cost_small & (step_small | model_small), step_small)
+    else:
+        converged = jnp.where(accept, step_small & cost_small, step_small)
     converged = converged | (jnp.max(jnp.abs(new_grad)) <= solver.gtol)
     failed = (~finite) & solver.stop_on_nonfinite
     result = jnp.where(failed, RESULTS.nonfinite_residual, state.result).astype(jnp.int32)

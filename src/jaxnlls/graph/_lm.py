@@ -45,7 +45,12 @@ class GraphLevenbergMarquardt(AbstractSolver):
 
     Convergence (all traced; see :class:`jaxnlls.solvers.AbstractSolver`): accepted step with
     ``‖δ‖ ≤ atol + rtol‖x‖`` and ``|Δcost| ≤ atol + rtol·cost``, a rejected step that small, or
-    ``max|∇| ≤ gtol``.
+    ``max|∇| ≤ gtol``. ``stop_on_small_decrease=True`` stops as GTSAM does, on an accepted step
+    whose actual and predicted cost decreases are both ``≤ atol + rtol·cost`` however long it
+    is: one iteration fewer on sphere2500 and parking-garage, at the same cost to 1e-11, but on
+    slowly (linearly) converging large-residual graphs it stops with a larger gradient (GTSAM's
+    ``pose3example``: ``|∇| = 2.5`` after 11 steps against 1.1e-3 after 24), which makes implicit
+    gradients less accurate; hence not the default.
 
     Differentiability: see :meth:`jaxnlls.graph.FactorGraph.solve`.
     """

@@ -49,6 +49,10 @@ class AbstractSolver(eqx.Module):
 
     #: Gauss-Newton stops on a non-finite trial (it has no way to shorten its step).
     stop_on_nonfinite: bool = eqx.field(default=False, static=True)
+    #: Also converged: an accepted step whose actual *and* predicted cost decreases are both
+    #: ``≤ atol + rtol·cost``, however long the step (GTSAM's and Theseus's error-decrease rule;
+    #: looser than the default, which also needs the step to be small).
+    stop_on_small_decrease: bool = eqx.field(default=False, static=True)
 
 
 class GaussNewton(AbstractSolver):
