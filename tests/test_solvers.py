@@ -42,6 +42,39 @@ def test_curve_fit_matches_scipy():
         assert float(sol.stats.final_cost) == pytest.approx(ref.cost, rel=tol)
 
 
+@pytest.mark.parametrize("solver_cls", [jaxnlls.GaussNewton, jaxnlls.LevenbergMarquardt,
+                                        jaxnlls.Dogleg])
+def test_stop_on_small_decrease_stops_earlier_at_the_same_cost(solver_cls, x64):
+    """On a nonzero-residual fit the default rule waits for a small step as well; GTSAM's rule
+    stops at the first accepted step that gains at most ``atol + rtol·cost``."""
+    if not x64:
+        pytest.skip("step counts at float64 precision")
+    problem = curve_problem(0.5, n=40)
+    strict = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params,
+                           solver=solver_cls(rtol=1e-7, atol=1e-12))
+    fast = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params,
+                         solver=solver_cls(rtol=1e-7, atol=1e-12, stop_on_small_decrease=True))
+    assert int(fast.result) == 0 and int(fast.stats.steps) < int(strict.stats.steps)
+    assert float(fast.stats.final_cost) == pytest.approx(float(strict.stats.final_cost), rel=1e-7)
+
+
+def test_stop_on_small_decrease_needs_the_model_to_agree(x64):
+    """r(x) = sin x from x0 with tan x0 = 2 x0: the Gauss-Newton step lands near -x0, where the
+    cost is nearly the same (decrease ~1e-9 of it) but the model predicted all of it. That is
+    not convergence; the solve must go on to a root of sin."""
+    if not x64:
+        pytest.skip("the starting point is placed to 1e-10")
+    x_star = scipy.optimize.brentq(lambda x: np.tan(x) - 2 * x, 1.0, 1.3)
+    x0 = x_star - 1e-10
+    gain = np.sin(x0) ** 2 - np.sin(x0 - np.tan(x0)) ** 2
+    assert 0 < gain < 1e-7 * np.sin(x0) ** 2  # the first step's decrease is "small"
+    solver = jaxnlls.GaussNewton(rtol=1e-7, atol=1e-12, stop_on_small_decrease=True)
+    sol = jaxnlls.solve(lambda x, _: jnp.sin(x), jnp.asarray([x0]), None, solver=solver,
+                        max_steps=100)
+    assert int(sol.stats.steps) > 1
+    assert float(sol.stats.final_cost) < 1e-20
+
+
 def test_gauss_newton_quadratic_convergence_on_zero_residual(x64):
     if not x64:
         pytest.skip("step counts at float64 precision")

@@ -24,7 +24,9 @@ class AbstractSolver(eqx.Module):
     Convergence (all traced, so they can be vmapped): an accepted step is converged when both
     ``‖δ‖ ≤ atol + rtol·‖x‖`` and ``|Δcost| ≤ atol + rtol·cost``; a rejected step is converged
     when ``‖δ‖ ≤ atol + rtol·‖x‖`` (no further progress is possible at this precision); and
-    any iterate with ``max|∇cost| ≤ gtol`` is converged. The cost is ``½‖r‖²``.
+    any iterate with ``max|∇cost| ≤ gtol`` is converged. The cost is ``½‖r‖²``. With
+    ``stop_on_small_decrease=True`` an accepted step is also converged when its actual and
+    predicted decreases are both ``≤ atol + rtol·cost`` (GTSAM's rule; see the field).
     """
 
     rtol: eqx.AbstractVar[float]
