@@ -40,6 +40,12 @@ def test_pgo_json_output_and_plot(shared_data, tmp_path):
     assert h.cost() == pytest.approx(r["final_cost"], rel=1e-9)
     assert r["final_cost"] < 1e-4 * r["initial_cost"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # GTSAM's stopping rule: sooner, at the same optimum
+    p = _cli("pgo", str(src), "--json", "--stop", "gtsam")
+    assert p.returncode == 0, p.stderr
+    fast = json.loads(p.stdout)
+    assert fast["converged"] is True and fast["iterations"] < r["iterations"]
+    assert fast["final_cost"] == pytest.approx(r["final_cost"], rel=1e-9)
 
 
 def test_pgo_bad_information_exit_code(tmp_path):
