@@ -57,16 +57,23 @@ def run_header() -> dict:
     }
 
 
-def time_fn(fn, *args, repeats: int = 5):
-    """(first-call seconds, median steady-state seconds) with block_until_ready."""
+def timed_calls(fn, *args, repeats: int = 5, **kwargs):
+    """``fn(*args, **kwargs)`` once (compile + run), then ``repeats`` times, each with
+    block_until_ready: (last output, first-call seconds, steady-state seconds per call)."""
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(fn(*args, **kwargs))
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        out = jax.block_until_ready(fn(*args, **kwargs))
         times.append(time.perf_counter() - t0)
+    return out, first, times
+
+
+def time_fn(fn, *args, repeats: int = 5):
+    """(first-call seconds, median steady-state seconds) with block_until_ready."""
+    _, first, times = timed_calls(fn, *args, repeats=repeats)
     return first, statistics.median(times)
 
 

@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import run_header, worker_result  # noqa: E402
+from _common import run_header, timed_calls, worker_result  # noqa: E402
 from pgo import _generated_batch  # noqa: E402
 
 PEERS_PY = pathlib.Path("/work/peers-venv/bin/python")
@@ -111,15 +111,7 @@ def jaxnlls_side(edges, z, init, sqrt_info, repeats: int, max_steps: int,
         return jax.jit(jax.value_and_grad(loss))
 
     def timed(fn, *a):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*a))
-        first = time.perf_counter() - t0
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(*a))
-            ts.append(time.perf_counter() - t0)
-        return out, first, ts
+        return timed_calls(fn, *a, repeats=repeats)
 
     (xs, res, steps, costs), fwd_first, fwd_ts = timed(fwd, z_params, x0_params)
     fwd_s = statistics.median(fwd_ts)

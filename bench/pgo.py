@@ -51,7 +51,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from _common import run_header, worker_result  # noqa: E402
+from _common import run_header, timed_calls, worker_result  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -78,7 +78,8 @@ def run_jaxnlls(rel: str, repeats: int, max_steps: int, gtsam_rule: bool = False
     t0 = time.perf_counter()
     fg, init, pose_t = pose_graph_to_factor_graph(pg)
     build_s = time.perf_counter() - t0
-    sol, first_s, times = _timed_solves(fg, init, repeats, max_steps=max_steps, throw=False)
+    sol, first_s, times = timed_calls(fg.solve, init, repeats=repeats, max_steps=max_steps,
+                                      throw=False)
     solve_s = statistics.median(times)
     cost = pg.cost(group_to_poses(sol.value.get(pose_t)))
     rule = _with_gtsam_rule(fg, pg, pose_t, init, repeats, max_steps) if gtsam_rule else {}
@@ -99,20 +100,6 @@ def run_jaxnlls(rel: str, repeats: int, max_steps: int, gtsam_rule: bool = False
     }
 
 
-def _timed_solves(fg, init, repeats: int, **kw):
-    """``fg.solve(init, **kw)`` once (compile + solve), then ``repeats`` times: the last
-    solution, the first call's seconds and the later calls' seconds."""
-    t0 = time.perf_counter()
-    sol = jax.block_until_ready(fg.solve(init, **kw))
-    first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sol = jax.block_until_ready(fg.solve(init, **kw))
-        times.append(time.perf_counter() - t0)
-    return sol, first_s, times
-
-
 def _with_gtsam_rule(fg, pg, pose_t, init, repeats: int, max_steps: int) -> dict:
     """The default solver with ``stop_on_small_decrease=True``: GTSAM's stopping rule (an
     accepted step that lowers the cost by at most ``rtol·cost``) at the same ``rtol``."""
@@ -122,8 +109,8 @@ def _with_gtsam_rule(fg, pg, pose_t, init, repeats: int, max_steps: int) -> dict
     from jaxnlls.io import group_to_poses
 
     solver = dataclasses.replace(default_solver(fg.structure), stop_on_small_decrease=True)
-    sol, _, times = _timed_solves(fg, init, repeats, solver=solver, max_steps=max_steps,
-                                  throw=False)
+    sol, _, times = timed_calls(fg.solve, init, repeats=repeats, solver=solver,
+                                max_steps=max_steps, throw=False)
     return {
         "rule_iterations": int(sol.stats.steps),
         "rule_final_cost": pg.cost(group_to_poses(sol.value.get(pose_t))),

@@ -47,15 +47,14 @@ def test_curve_fit_matches_scipy():
 def test_stop_on_small_decrease_stops_earlier_at_the_same_cost(solver_cls, x64):
     """On a nonzero-residual fit the default rule waits for a small step as well; GTSAM's rule
     stops at the first accepted step that gains at most ``atol + rtol·cost``."""
-    if not x64:
-        pytest.skip("step counts at float64 precision")
+    rtol = 1e-7 if x64 else 1e-4  # float32 floors rtol at 100 eps
     problem = curve_problem(0.5, n=40)
     strict = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params,
-                           solver=solver_cls(rtol=1e-7, atol=1e-12))
+                           solver=solver_cls(rtol=rtol, atol=1e-12))
     fast = jaxnlls.solve(problem.residual_fn, problem.x0, problem.params,
-                         solver=solver_cls(rtol=1e-7, atol=1e-12, stop_on_small_decrease=True))
+                         solver=solver_cls(rtol=rtol, atol=1e-12, stop_on_small_decrease=True))
     assert int(fast.result) == 0 and int(fast.stats.steps) < int(strict.stats.steps)
-    assert float(fast.stats.final_cost) == pytest.approx(float(strict.stats.final_cost), rel=1e-7)
+    assert float(fast.stats.final_cost) == pytest.approx(float(strict.stats.final_cost), rel=rtol)
 
 
 def test_stop_on_small_decrease_needs_the_model_to_agree(x64):
@@ -63,7 +62,7 @@ def test_stop_on_small_decrease_needs_the_model_to_agree(x64):
     cost is nearly the same (decrease ~1e-9 of it) but the model predicted all of it. That is
     not convergence; the solve must go on to a root of sin."""
     if not x64:
-        pytest.skip("the starting point is placed to 1e-10")
+        pytest.skip("the start is placed 1e-10 from a 2-cycle, below float32 resolution")
     x_star = scipy.optimize.brentq(lambda x: np.tan(x) - 2 * x, 1.0, 1.3)
     x0 = x_star - 1e-10
     gain = np.sin(x0) ** 2 - np.sin(x0 - np.tan(x0)) ** 2

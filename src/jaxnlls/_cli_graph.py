@@ -143,12 +143,12 @@ def _make_solver(args, structure, *, verbose: bool):
             raise _UsageError("--solver schur applies to bundle adjustment only")
         ls = SchurComplement(BalPoint)
     lm = default_solver(structure, ls)
-    stop = {"verbose": verbose, "stop_on_small_decrease": args.stop == "gtsam"}
+    common = {"verbose": verbose, "stop_on_small_decrease": args.stop == "gtsam"}
     if args.method == "lm":  # the graph default: GTSAM's schedule (+ restart on hard graphs)
-        return dataclasses.replace(lm, **stop)
+        return dataclasses.replace(lm, **common)
     if args.method == "gn":
-        return jaxnlls.GaussNewton(rtol=lm.rtol, atol=lm.atol, linear_solver=ls, **stop)
-    return jaxnlls.Dogleg(rtol=lm.rtol, atol=lm.atol, linear_solver=ls, **stop)
+        return jaxnlls.GaussNewton(rtol=lm.rtol, atol=lm.atol, linear_solver=ls, **common)
+    return jaxnlls.Dogleg(rtol=lm.rtol, atol=lm.atol, linear_solver=ls, **common)
 
 
 class _UsageError(Exception):
