@@ -26,6 +26,13 @@ the peers' own measurement. Because GTSAM's default tolerance stops earlier than
 (``rtol=1e-7``), a second GTSAM row runs in a worker under the peers' Python with relative and
 absolute error tolerance ``--gtsam-tol`` (default 1e-7, the same graph as
 ``bench/gtsam_reference.py``): the time comparison at a matching stopping rule.
+``--init chordal`` adds a second table, from the chordal initialization
+(``jaxnlls.io.chordal_initial_values``: rotations by chordal relaxation, then translations, one
+sparse linear solve each) against GTSAM's own initializer in the same run
+(``InitializePose3.initialize`` in 3D, ``lago.initialize`` in 2D, which accepts only diagonal
+noise models) followed by GTSAM LM at ``--gtsam-tol``. Times: initialization and solve apart
+(steady state, medians), and jaxnlls's first solution (read + build + initialization + solve,
+compilation included).
 ``--theseus`` adds ``theseus_gn`` (Theseus Gauss-Newton with CHOLMOD,
 its fastest converging configuration in peers/BASELINE.md) the same way. The tight GTSAM optimum
 of ``bench/reference_costs.json`` is the accuracy target (``rel`` column).
@@ -69,15 +76,22 @@ PROBLEMS = {
 }
 
 
-def run_jaxnlls(rel: str, repeats: int, max_steps: int, gtsam_rule: bool = False) -> dict:
-    from jaxnlls.io import group_to_poses, pose_graph_to_factor_graph, read_pose_graph
+def _read_and_build(rel: str):
+    """(pose graph, factor graph, file's initial values, pose type, read s, build s)."""
+    from jaxnlls.io import pose_graph_to_factor_graph, read_pose_graph
 
     t0 = time.perf_counter()
     pg = read_pose_graph(DATA / rel)
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fg, init, pose_t = pose_graph_to_factor_graph(pg)
-    build_s = time.perf_counter() - t0
+    return pg, fg, init, pose_t, read_s, time.perf_counter() - t0
+
+
+def run_jaxnlls(rel: str, repeats: int, max_steps: int, gtsam_rule: bool = False) -> dict:
+    from jaxnlls.io import group_to_poses
+
+    pg, fg, init, pose_t, read_s, build_s = _read_and_build(rel)
     sol, first_s, times = timed_calls(fg.solve, init, repeats=repeats, max_steps=max_steps,
                                       throw=False)
     solve_s = statistics.median(times)
@@ -117,6 +131,69 @@ def _with_gtsam_rule(fg, pg, pose_t, init, repeats: int, max_steps: int) -> dict
         "rule_solve_s": statistics.median(times),
         "rule_times": times,
     }
+
+
+def run_jaxnlls_chordal(rel: str, repeats: int, max_steps: int, timeout: float) -> dict:
+    """:func:`jaxnlls_chordal_worker` in a fresh process, so that its first solution compiles
+    everything itself (this process already compiled the same solve for the file's start)."""
+    cmd = [sys.executable, __file__, "--jaxnlls-chordal-worker", rel, "--repeats", str(repeats),
+           "--max-steps", str(max_steps)]
+    return worker_result(cmd, timeout)
+
+
+def jaxnlls_chordal_worker(rel: str, repeats: int, max_steps: int) -> None:
+    """The default solve from :func:`jaxnlls.io.chordal_initial_values`; prints
+    ``RESULT {json}``."""
+    import jax
+
+    from jaxnlls.io import chordal_initial_values, group_to_poses
+
+    run_header()  # starts the backend, as in the main process before its first solution
+    pg, fg, _, pose_t, read_s, build_s = _read_and_build(rel)
+    init, init_first, init_times = timed_calls(
+        lambda: jax.block_until_ready(chordal_initial_values(pg)), repeats=repeats)
+    sol, first_s, times = timed_calls(fg.solve, init, repeats=repeats, max_steps=max_steps,
+                                      throw=False)
+    print("RESULT " + json.dumps({
+        "iterations": int(sol.stats.steps),
+        "result": int(sol.result),
+        "initial_cost": pg.cost(group_to_poses(init.get(pose_t))),
+        "final_cost": pg.cost(group_to_poses(sol.value.get(pose_t))),
+        "init_first_s": init_first,
+        "init_s": statistics.median(init_times),
+        "solve_s": statistics.median(times),
+        "first_solution_s": read_s + build_s + init_first + first_s,
+        "read_s": read_s, "build_s": build_s, "solve_first_s": first_s,
+    }))
+
+
+def gtsam_init_worker(rel: str, tol: float, repeats: int) -> None:
+    """Runs under the peers' Python: GTSAM's initializer (InitializePose3 / lago), then LM with
+    error tolerances ``tol``; prints ``RESULT {json}``."""
+    import gtsam
+    from gtsam_reference import build, load_jaxnlls_io
+
+    g = load_jaxnlls_io().read_pose_graph(DATA / rel)
+    graph, _ = build(gtsam, g, with_prior=True)
+    graph_np, _ = build(gtsam, g, with_prior=False)
+    initialize = gtsam.InitializePose3.initialize if g.dim == 3 else gtsam.lago.initialize
+    init_times, solve_times = [], []
+    for _ in range(repeats + 1):  # the first run warms caches
+        t0 = time.perf_counter()
+        x0 = initialize(graph)
+        init_times.append(time.perf_counter() - t0)
+        result, iterations, seconds = _gtsam_lm(gtsam, graph, x0, tol)
+        solve_times.append(seconds)
+    print("RESULT " + json.dumps({
+        "initializer": "InitializePose3" if g.dim == 3 else "lago",
+        "initial_cost": float(graph_np.error(x0)), "iterations": iterations,
+        "final_cost": float(graph_np.error(result)),
+        "init_s": statistics.median(init_times[1:]), "solve_s": statistics.median(solve_times[1:]),
+    }))
+
+
+def run_gtsam_init(rel: str, tol: float, repeats: int, timeout: float) -> dict:
+    return _run_gtsam_worker("--gtsam-init-worker", rel, tol, repeats, timeout)
 
 
 def _default_linear_solver(fg) -> str:
@@ -162,6 +239,26 @@ def run_peer(rel: str, solver: str, repeats: int, timeout: float) -> dict:
     }
 
 
+def _gtsam_lm(gtsam, graph, x0, tol: float):
+    """GTSAM LM with relative/absolute error tolerance ``tol`` (at most 200 iterations):
+    (result, iterations, seconds)."""
+    params = gtsam.LevenbergMarquardtParams()
+    params.setRelativeErrorTol(tol)
+    params.setAbsoluteErrorTol(tol)
+    params.setMaxIterations(200)
+    t0 = time.perf_counter()
+    opt = gtsam.LevenbergMarquardtOptimizer(graph, x0, params)
+    result = opt.optimize()
+    return result, int(opt.iterations()), time.perf_counter() - t0
+
+
+def _run_gtsam_worker(flag: str, rel: str, tol: float, repeats: int, timeout: float) -> dict:
+    if not PEERS_PY.exists():
+        return {"error": f"{PEERS_PY} missing"}
+    cmd = [str(PEERS_PY), __file__, flag, rel, "--gtsam-tol", str(tol), "--repeats", str(repeats)]
+    return worker_result(cmd, timeout)
+
+
 def gtsam_tol_worker(rel: str, tol: float, repeats: int) -> None:
     """Runs under the peers' Python: GTSAM LM with relative/absolute error tolerance ``tol``
     (``bench/gtsam_reference.py``'s graph: unit prior on pose 0); prints ``RESULT {json}``."""
@@ -173,25 +270,15 @@ def gtsam_tol_worker(rel: str, tol: float, repeats: int) -> None:
     graph_np, _ = build(gtsam, g, with_prior=False)
     times = []
     for _ in range(repeats + 1):  # the first run warms caches, like the peers' script
-        params = gtsam.LevenbergMarquardtParams()
-        params.setRelativeErrorTol(tol)
-        params.setAbsoluteErrorTol(tol)
-        params.setMaxIterations(200)
-        t0 = time.perf_counter()
-        opt = gtsam.LevenbergMarquardtOptimizer(graph, init, params)
-        result = opt.optimize()
-        times.append(time.perf_counter() - t0)
-    print("RESULT " + json.dumps({"iterations": int(opt.iterations()), "tol": tol,
+        result, iterations, seconds = _gtsam_lm(gtsam, graph, init, tol)
+        times.append(seconds)
+    print("RESULT " + json.dumps({"iterations": iterations, "tol": tol,
                                   "final_cost": float(graph_np.error(result)),
                                   "solve_s": statistics.median(times[1:]), "times": times[1:]}))
 
 
 def run_gtsam_tol(rel: str, tol: float, repeats: int, timeout: float) -> dict:
-    if not PEERS_PY.exists():
-        return {"error": f"{PEERS_PY} missing"}
-    cmd = [str(PEERS_PY), __file__, "--gtsam-tol-worker", rel, "--gtsam-tol", str(tol),
-           "--repeats", str(repeats)]
-    return worker_result(cmd, timeout)
+    return _run_gtsam_worker("--gtsam-tol-worker", rel, tol, repeats, timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +355,15 @@ def main() -> None:
         "rtol 1e-7; this row stops by a matching rule",
     )
     ap.add_argument("--gtsam-tol-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gtsam-init-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--jaxnlls-chordal-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--init",
+        default="file",
+        choices=["file", "chordal"],
+        help="'chordal': also solve from the chordal initialization, against GTSAM's "
+        "initializer + LM (second table)",
+    )
     ap.add_argument(
         "--gtsam-rule",
         action="store_true",
@@ -289,6 +385,12 @@ def main() -> None:
     if args.gtsam_tol_worker:
         gtsam_tol_worker(args.gtsam_tol_worker, args.gtsam_tol, args.repeats)
         return
+    if args.gtsam_init_worker:
+        gtsam_init_worker(args.gtsam_init_worker, args.gtsam_tol, args.repeats)
+        return
+    if args.jaxnlls_chordal_worker:
+        jaxnlls_chordal_worker(args.jaxnlls_chordal_worker, args.repeats, args.max_steps)
+        return
 
     refs = json.loads(REFERENCE.read_text())["problems"] if REFERENCE.exists() else {}
     out = {
@@ -307,6 +409,12 @@ def main() -> None:
                                                     args.peer_timeout)
         if args.theseus == "all" or name in args.theseus.split(","):
             row["theseus_gn"] = run_peer(rel, "theseus_gn", 1, args.peer_timeout)
+        if args.init == "chordal":
+            row["jaxnlls_chordal"] = run_jaxnlls_chordal(rel, args.repeats, args.max_steps,
+                                                         args.peer_timeout)
+            if not args.no_gtsam:
+                row["gtsam_init"] = run_gtsam_init(rel, args.gtsam_tol or 1e-7, args.repeats,
+                                                   args.peer_timeout)
         row["reference_cost"] = refs.get(rel, {}).get("reference_cost")
         out["problems"][name] = row
         j = row["jaxnlls"]
@@ -323,6 +431,9 @@ def main() -> None:
         )
     if names:
         print(table(out["problems"]))
+        if args.init == "chordal":
+            print("\nFrom the chordal initialization (jaxnlls) and GTSAM's initializer:")
+            print(table_chordal(out["problems"]))
     if not args.no_batched:
         b = run_batched(
             args.batch, args.batch_poses, args.batch_poses // 2, args.repeats, args.max_steps
@@ -405,6 +516,40 @@ def table(problems: dict) -> str:
                 _f(j.get("rule_solve_s"), ".3f"),
                 _ratio(j.get("rule_solve_s"), gt.get("solve_s")),
             ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_chordal(problems: dict) -> str:
+    cols = ["problem", "jaxnlls it", "jaxnlls cost", "rel. to ref (file start)", "init s",
+            "solve s", "first solution s", "GTSAM initializer", "GTSAM it", "GTSAM cost",
+            "GTSAM init s", "GTSAM solve s", "jaxnlls/GTSAM time (init + solve)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, row in problems.items():
+        j, g = row.get("jaxnlls_chordal"), row.get("gtsam_init", {})
+        if j is None:
+            continue
+        if "error" in j:
+            lines.append(f"| {name} | FAILED: {j['error']} |" + " |" * (len(cols) - 2))
+            continue
+        ref = row.get("reference_cost")
+        ok = "error" not in g and g
+        cells = [
+            name,
+            str(j["iterations"]),
+            f"{j['final_cost']:.10g}",
+            f"{(j['final_cost'] - ref) / ref:+.1e}" if ref else "-",
+            f"{j['init_s']:.3f}",
+            f"{j['solve_s']:.3f}",
+            f"{j['first_solution_s']:.1f}",
+            g.get("initializer", "-") if ok else "FAILED: " + str(g.get("error", "not run")),
+            str(g.get("iterations", "-")),
+            _f(g.get("final_cost"), ".10g"),
+            _f(g.get("init_s"), ".3f"),
+            _f(g.get("solve_s"), ".3f"),
+            _ratio(j["init_s"] + j["solve_s"],
+                   g["init_s"] + g["solve_s"] if ok else None),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -46,6 +46,13 @@ def test_pgo_json_output_and_plot(shared_data, tmp_path):
     fast = json.loads(p.stdout)
     assert fast["converged"] is True and fast["iterations"] < r["iterations"]
     assert fast["final_cost"] == pytest.approx(r["final_cost"], rel=1e-9)
+    # chordal initialization: a different start (not the file's poses), the same optimum
+    p = _cli("pgo", str(src), "--json", "--init", "chordal")
+    assert p.returncode == 0, p.stderr
+    ch = json.loads(p.stdout)
+    assert ch["converged"] is True and ch["init"] == "chordal" and ch["init_seconds"] > 0
+    assert ch["initial_cost"] < 1e-2 * r["initial_cost"]
+    assert ch["final_cost"] == pytest.approx(r["final_cost"], rel=1e-9)
 
 
 def test_pgo_bad_information_exit_code(tmp_path):

@@ -26,5 +26,6 @@ from ._graph import (
     GraphStructure as GraphStructure,
     stack_data as stack_data,
 )
+from ._initialize import chordal_initialization as chordal_initialization
 from ._lm import GraphLevenbergMarquardt as GraphLevenbergMarquardt
 from ._var import Var as Var, VarValues as VarValues

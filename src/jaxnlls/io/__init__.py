@@ -1,8 +1,9 @@
 """File readers and writers (host-side numpy): g2o/TORO pose graphs and BAL problems.
 
 The readers import only numpy and return plain dataclasses. ``pose_graph_to_factor_graph``,
-``bal_to_factor_graph``, ``poses_to_group``, ``group_to_poses``, ``PoseSE2`` and ``PoseSE3``
-(loaded lazily, they need JAX) turn them into :class:`jaxnlls.graph.FactorGraph` s. Every
+``bal_to_factor_graph``, ``chordal_initial_values``, ``poses_to_group``, ``group_to_poses``,
+``PoseSE2`` and ``PoseSE3`` (loaded lazily, they need JAX) turn them into
+:class:`jaxnlls.graph.FactorGraph` s and their values. Every
 reader raises :class:`FormatError` (a ``ValueError``) naming the file, the line and the record
 tag on bad input.
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ._to_graph import PoseSE2 as PoseSE2
     from ._to_graph import PoseSE3 as PoseSE3
     from ._to_graph import bal_to_factor_graph as bal_to_factor_graph
+    from ._to_graph import chordal_initial_values as chordal_initial_values
     from ._to_graph import group_to_poses as group_to_poses
     from ._to_graph import pose_graph_to_factor_graph as pose_graph_to_factor_graph
     from ._to_graph import poses_to_group as poses_to_group
@@ -38,6 +40,7 @@ _LAZY = {
     "PoseSE3",
     "pose_graph_to_factor_graph",
     "bal_to_factor_graph",
+    "chordal_initial_values",
     "poses_to_group",
     "group_to_poses",
 }

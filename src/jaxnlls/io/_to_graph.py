@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..factors import BalCamera, BalPoint, bal_reprojection, between, prior
-from ..graph import FactorGraph, Var, VarValues
+from ..graph import FactorGraph, Var, VarValues, chordal_initialization
 from ..lie import SE2, SE3
 from ._bal import BALProblem
 from ._pose_graph import PoseGraph, wrap_angle
@@ -56,8 +56,35 @@ def group_to_poses(x: SE2 | SE3) -> np.ndarray:
     return np.column_stack([t, q])
 
 
+def chordal_initial_values(graph: PoseGraph, *, dtype=None) -> VarValues:
+    """Initial values from the measurements alone, by
+    :func:`~jaxnlls.graph.chordal_initialization` (GTSAM's ``InitializePose3``; also in 2D),
+    weighted by the edges' information, with the first pose held at its value in the file.
+
+    The file's other poses are not used. On large-noise graphs this start avoids the poor
+    local minima that the file's dead-reckoning guess leads to (``sphere_bignoise``,
+    ``input_M3500a``: bench/RESULTS.md).
+
+    Returns:
+        :class:`VarValues` over :class:`PoseSE2` / :class:`PoseSE3` ids ``0..N-1``, the layout of
+        :func:`pose_graph_to_factor_graph`.
+    """
+    dt = _dtype(dtype)
+    pose_t: type[Var] = PoseSE2 if graph.dim == 2 else PoseSE3
+    first = poses_to_group(graph.poses[:1], graph.dim, dt)[0]
+    x0 = chordal_initialization(
+        graph.edges,
+        poses_to_group(graph.measurements, graph.dim, dt),
+        graph.n_poses,
+        information=jnp.asarray(graph.information, dt),
+        anchor=0,
+        anchor_pose=first,
+    )
+    return VarValues.make({pose_t(np.arange(graph.n_poses)): x0})
+
+
 def pose_graph_to_factor_graph(
-    graph: PoseGraph, *, dtype=None, gauge="auto"
+    graph: PoseGraph, *, dtype=None, gauge="auto", init: str = "file"
 ) -> tuple[FactorGraph, VarValues, type[Var]]:
     """Between factors (GTSAM ``BetweenFactor`` convention) for every edge of a pose graph.
 
@@ -70,6 +97,8 @@ def pose_graph_to_factor_graph(
             moves inside each damped step, so LM follows GTSAM's iterates step for step; the
             prior's residual at the optimum is ~0). Anything else is passed to
             :meth:`FactorGraph.build`.
+        init: ``"file"`` (default): the file's poses (chained odometry for edges-only files);
+            ``"chordal"``: :func:`chordal_initial_values`.
 
     Returns:
         ``(factor_graph, initial_values, Pose)`` where ``Pose`` is :class:`PoseSE2` or
@@ -86,8 +115,14 @@ def pose_graph_to_factor_graph(
         factors.append(prior(pose_t(0), x0[0], eye))
         gauge = None
     fg = FactorGraph.build(factors, gauge=gauge)
-    init = VarValues.make({pose_t(np.arange(graph.n_poses)): x0})
-    return fg, init, pose_t
+    if init == "chordal":
+        values = chordal_initial_values(graph, dtype=dt)
+    elif init == "file":
+        values = VarValues.make({pose_t(np.arange(graph.n_poses)): x0})
+    else:
+        raise ValueError(f"pose_graph_to_factor_graph: init must be 'file' or 'chordal', "
+                         f"got {init!r}")
+    return fg, values, pose_t
 
 
 def bal_to_factor_graph(problem: BALProblem, *, dtype=None) -> tuple[FactorGraph, VarValues]:
