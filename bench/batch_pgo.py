@@ -10,7 +10,12 @@ Reported: problems/s = B / median solve time (jit, compile apart, ``block_until_
 ``½‖r‖²``. Peers (Theseus GN/LM) run in the same invocation via
 ``<peers-python> ../shared/peers/b2_batched.py --problems pgo2d --solvers ...``.
 
+``--chunk N`` (default 256) adds a row for GN with ``jac_sparsity`` under
+``jax.lax.map(..., batch_size=N)`` instead of one ``vmap`` over the whole batch: chunks of N
+problems, each vmapped and iterated to convergence while its working set stays in cache.
+
 Usage: python bench/batch_pgo.py [--batch 4096] [--repeats 5] [--peers theseus_gn,theseus_lm]
+[--chunk 256]
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ def jacobian_pattern(edges) -> np.ndarray:
     return pat
 
 
-def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False) -> dict:
+def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False,
+                chunk: int = 0) -> dict:
     edges, meas, init, prior = make_pgo2d(batch)
     residual = make_residual(edges)
     sparsity = jaxnlls.JacobianSparsity(jacobian_pattern(edges)) if sparse else None
@@ -111,7 +117,12 @@ def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False) -> 
         cost = 0.5 * sum(jnp.sum(ri**2) for ri in r)
         return cost, sol.stats.steps, sol.result
 
-    f = jax.jit(jax.vmap(one))
+    if chunk:
+        # lax.map over chunks of `chunk` problems, vmapped inside: each chunk's working set
+        # (its Jacobians and 30 × 30 systems) stays in cache for all of its iterations
+        f = jax.jit(lambda *a: jax.lax.map(lambda b: one(*b), a, batch_size=chunk))
+    else:
+        f = jax.jit(jax.vmap(one))
     args = (_xyt(init), _xyt(meas), _xyt(prior))
     t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
@@ -123,7 +134,8 @@ def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False) -> 
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     ok = float(jnp.mean(result == jaxnlls.RESULTS.successful))
-    name = f"jaxnlls_{method}" + ("_sparsity" if sparse else "")
+    name = (f"jaxnlls_{method}" + ("_sparsity" if sparse else "")
+            + (f"_lax.map(batch_size={chunk})" if chunk else ""))
     return dict(solver=name, iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
                 compile_s=max(first - med, 0.0), seconds=med, problems_per_s=batch / med,
                 success=ok)
@@ -162,10 +174,15 @@ def main() -> None:
     ap.add_argument("--peers", default="theseus_gn,theseus_lm")
     ap.add_argument("--peers-python", default=os.environ.get("JAXNLLS_PEERS_PYTHON",
                                                             "/work/peers-venv/bin/python"))
+    ap.add_argument("--chunk", type=int, default=256,
+                    help="also time GN with jac_sparsity under lax.map(batch_size=CHUNK) "
+                    "(0: skip)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     rows = [run_jaxnlls(m, args.batch, args.repeats, sparse)
             for sparse in (False, True) for m in ("gn", "lm")]
+    if args.chunk:
+        rows.append(run_jaxnlls("gn", args.batch, args.repeats, True, args.chunk))
     if args.peers:
         rows += run_peers(args.peers_python, args.peers, args.batch, args.repeats)
     print(f"\npgo2d: batch = {args.batch} SE(2) pose graphs (10 poses, 12 edges + prior), float64, "
