@@ -115,6 +115,17 @@ def chordal_initialization(
     Returns:
         ``(n_poses,)`` batched poses of the measurements' group, ``anchor_pose`` at ``anchor``.
 
+    Raises:
+        TypeError / ValueError (at call time) naming the argument: measurements not SE2/SE3,
+        malformed or out-of-range edges, an information array of the wrong shape, or a pose no
+        chain of edges joins to the anchor. At run time (``eqx.error_if``, also under ``jit``):
+        a linear solve that failed or returned non-finite values (non-finite data).
+
+    Differentiability:
+        Not intended: an initial guess needs no gradient (the implicit adjoint of the solve
+        that follows gives zero gradient with respect to ``init``), and it is not tested. Wrap
+        the call in ``jax.lax.stop_gradient`` inside a differentiated function.
+
     Example:
         >>> x0 = chordal_initialization(edges, z, n, information=info, anchor_pose=poses[0])
         >>> sol = graph.solve(VarValues.make({Pose(np.arange(n)): x0}))
