@@ -80,6 +80,20 @@ def test_pgo_fix_information_and_progress(tmp_path):
 
 
 @pytest.mark.slow
+def test_pgo_suggests_and_uses_the_chordal_start(shared_data):
+    src = str(shared_data / "pgo2d/input_M3500a_g2o.g2o")
+    p = _cli("pgo", src)
+    assert p.returncode == 0, p.stderr
+    assert "hint:" in p.stdout and "--init chordal" in p.stdout
+    file_start = json.loads(_cli("pgo", src, "--json").stdout)
+    chordal = json.loads(_cli("pgo", src, "--json", "--init", "chordal").stdout)
+    assert chordal["converged"] and chordal["iterations"] < 25 < file_start["iterations"]
+    assert chordal["final_cost"] < 0.2 * file_start["final_cost"]
+    p = _cli("pgo", src, "--init", "chordal")
+    assert p.returncode == 0 and "hint:" not in p.stdout and "chordal initialization:" in p.stdout
+
+
+@pytest.mark.slow
 def test_ba_json(shared_data, tmp_path):
     out = tmp_path / "ba.txt"
     p = _cli(

@@ -319,7 +319,15 @@ def _run_pgo(args, pg) -> int:
         _plot_pgo(args.plot, pg, poses, report)
         report["plot"] = str(args.plot)
     lines += _report_lines(report)
+    if args.init == "file" and (report["iterations"] > _SLOW_START or not report["converged"]):
+        lines.append(f"hint: more than {_SLOW_START} iterations from the file's poses; large-noise "
+                     "graphs often reach a much lower cost from --init chordal")
     return _emit(args, report, lines)
+
+
+#: Iterations after which ``jaxnlls pgo`` suggests ``--init chordal`` (well-posed shared graphs
+#: converge in 2-10; the default solver restarts with diagonal damping after 25).
+_SLOW_START = 25
 
 
 def _report_lines(r: dict[str, Any]) -> list[str]:
