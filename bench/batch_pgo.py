@@ -14,8 +14,11 @@ Reported: problems/s = B / median solve time (jit, compile apart, ``block_until_
 ``jax.lax.map(..., batch_size=N)`` instead of one ``vmap`` over the whole batch: chunks of N
 problems, each vmapped and iterated to convergence while its working set stays in cache.
 
+A last row solves the same problems as a ``jaxnlls.FactorGraph`` (``between`` and ``prior``
+factors with analytic Jacobians, graph-default LM) under ``vmap``; ``--no-graph`` skips it.
+
 Usage: python bench/batch_pgo.py [--batch 4096] [--repeats 5] [--peers theseus_gn,theseus_lm]
-[--chunk 256]
+[--chunk 256] [--no-graph]
 """
 
 from __future__ import annotations
@@ -102,6 +105,19 @@ def jacobian_pattern(edges) -> np.ndarray:
     return pat
 
 
+def _timed(f, args, repeats: int):
+    """``(last output, first call s, median of the next `repeats` calls s)``."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return out, first, statistics.median(times)
+
+
 def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False,
                 chunk: int = 0) -> dict:
     edges, meas, init, prior = make_pgo2d(batch)
@@ -124,21 +140,46 @@ def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False,
     else:
         f = jax.jit(jax.vmap(one))
     args = (_xyt(init), _xyt(meas), _xyt(prior))
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        cost, steps, result = jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    (cost, steps, result), first, med = _timed(f, args, repeats)
     ok = float(jnp.mean(result == jaxnlls.RESULTS.successful))
     name = (f"jaxnlls_{method}" + ("_sparsity" if sparse else "")
             + (f"_lax.map(batch_size={chunk})" if chunk else ""))
     return dict(solver=name, iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
                 compile_s=max(first - med, 0.0), seconds=med, problems_per_s=batch / med,
                 success=ok)
+
+
+def run_jaxnlls_graph(batch: int, repeats: int) -> dict:
+    """The same problems as a :class:`jaxnlls.FactorGraph` (``between`` with analytic SE(2)
+    Jacobians, ``prior`` on pose 0), solved by ``vmap(graph.solve)`` with the graph defaults
+    (GTSAM-style LM, dense Cholesky for 30 unknowns); the batch enters as factor data."""
+    from jaxnlls.factors import between, prior
+    from jaxnlls.graph import FactorGraph, VarValues
+    from jaxnlls.io import PoseSE2
+
+    edges, meas, init, prior0 = make_pgo2d(batch)
+    w = jnp.broadcast_to(jnp.asarray([1 / SIG_T, 1 / SIG_T, 1 / SIG_R]), (len(edges), 3))
+    graph = FactorGraph.build(
+        [between(PoseSE2(edges[:, 0]), PoseSE2(edges[:, 1]), _xyt(meas[0]), w),
+         prior(PoseSE2(0), _xyt(prior0[0]), jnp.eye(3))],
+        gauge=None,  # the problem's own prior fixes the gauge
+    )
+    ((b_args, b_loss), (p_args, p_loss)) = graph.data
+    ids = PoseSE2(np.arange(N_POSES))
+
+    def one(x0, z, p):
+        data = (((b_args[0], b_args[1], z, b_args[3]), b_loss),
+                ((p_args[0], SE2(p.params[None]), p_args[2]), p_loss))
+        sol = graph.solve(VarValues.make({ids: x0}), data, max_steps=50, throw=False)
+        return sol.stats.final_cost, sol.stats.steps, sol.result
+
+    f = jax.jit(jax.vmap(one))
+    args = (_xyt(init), _xyt(meas), _xyt(prior0))
+    (cost, steps, result), first, med = _timed(f, args, repeats)
+    return dict(solver="jaxnlls_FactorGraph_lm", iters=int(jnp.max(steps)),
+                cost=float(jnp.mean(cost)), compile_s=max(first - med, 0.0), seconds=med,
+                problems_per_s=batch / med,
+                success=float(jnp.mean(result == jaxnlls.RESULTS.successful)))
 
 
 def run_peers(python: str, solvers: str, batch: int, repeats: int) -> list[dict]:
@@ -177,12 +218,16 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256,
                     help="also time GN with jac_sparsity under lax.map(batch_size=CHUNK) "
                     "(0: skip)")
+    ap.add_argument("--no-graph", action="store_true",
+                    help="skip the FactorGraph row (vmap(graph.solve), analytic Jacobians)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     rows = [run_jaxnlls(m, args.batch, args.repeats, sparse)
             for sparse in (False, True) for m in ("gn", "lm")]
     if args.chunk:
         rows.append(run_jaxnlls("gn", args.batch, args.repeats, True, args.chunk))
+    if not args.no_graph:
+        rows.append(run_jaxnlls_graph(args.batch, args.repeats))
     if args.peers:
         rows += run_peers(args.peers_python, args.peers, args.batch, args.repeats)
     print(f"\npgo2d: batch = {args.batch} SE(2) pose graphs (10 poses, 12 edges + prior), float64, "

@@ -224,6 +224,31 @@ def test_gram_csc_data_is_upper_triangle_of_dense_normal_matrix(same_twice, tol)
     np.testing.assert_allclose(got, np.triu(ref), rtol=tol.rtol, atol=tol.atol * scale)
 
 
+@pytest.mark.parametrize("same_twice", [False, True], ids=["pairs_once", "scatter_fallback"])
+def test_dense_gram_of_a_graph_equals_jt_j(same_twice, tol):
+    """The dense ``JᵀJ`` that :class:`DenseCholesky` factors (gathered from the CSC values, both
+    triangles) equals ``JᵀJ`` of the dense ``J``; under ``vmap`` it equals a loop."""
+    extra = []
+    if same_twice:
+        z = SE3.exp(jnp.asarray([[0.1, 0.2, 0.3, 0.1, -0.2, 0.3]], _dt()))
+        extra = [between(P3(np.array([3])), P3(np.array([3])), z, jnp.eye(6, dtype=_dt())[None])]
+    g, vals = _loop_graph(9, _dt(), extra=extra)
+    lin = jax.jit(lambda v: g.linearize(v))(vals)
+    J = np.asarray(lin.jac.to_dense())
+    got = np.asarray(jax.jit(lambda l: l.gram())(lin))
+    ref = J.T @ J
+    np.testing.assert_allclose(got, ref, rtol=tol.rtol, atol=tol.atol * np.abs(ref).max())
+    assert np.array_equal(got, got.T)
+    # a batch of three perturbed graphs
+    noise = jnp.asarray(np.random.default_rng(1).normal(size=(3, 9, 6)) * 0.1, _dt())
+    xs = vals.get(P3) @ SE3.exp(noise)
+    gram_of = jax.jit(lambda p: g.linearize(vals.replace(P3, SE3(p))).gram())
+    batched = np.asarray(jax.vmap(gram_of)(xs.params))
+    for k in range(3):
+        np.testing.assert_allclose(batched[k], np.asarray(gram_of(xs.params[k])),
+                                   rtol=tol.rtol, atol=tol.atol * np.abs(batched[k]).max())
+
+
 def _sparse_step_equals_dense(n_poses, damping, backend):
     """The damped GN step of a loop graph by ``SparseCholesky(backend)`` equals the dense one,
     also for a given right-hand side after refactoring the pattern with another diagonal.

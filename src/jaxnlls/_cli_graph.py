@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 _SOLVER_HELP = (
-    "linear step solver: auto (default: dense up to 600 unknowns, Schur complement for bundle "
+    "linear step solver: auto (default: dense up to 128 unknowns, Schur complement for bundle "
     "adjustment, sparse Cholesky otherwise), dense, sparse, pcg (block-Jacobi CG), schur (BA)"
 )
 

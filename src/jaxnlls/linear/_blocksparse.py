@@ -162,6 +162,17 @@ class BlockLayout:
         return self._cache["upper"]
 
 
+def _csc_dense_index(layout: BlockLayout) -> np.ndarray:
+    """``(n, n)`` indices into ``[CSC values of the upper triangle..., 0]``."""
+    indptr, indices, _, _, nnz = layout.gram_pattern()
+    n = layout.n_cols
+    index = np.full((n, n), nnz, np.int32)
+    cols = np.repeat(np.arange(n), np.diff(indptr))
+    index[indices, cols] = np.arange(nnz)
+    index[cols, indices] = np.arange(nnz)
+    return index
+
+
 def symmetric_blocks_csc_data(
     layout: BlockLayout, blocks, damping: Float[Array, " n"] | None, dtype
 ) -> Float[Array, " nnz"]:
@@ -255,6 +266,14 @@ class BlockSparseJacobian(eqx.Module):
                 blocks.append(jnp.einsum("nri,nrj->nij", b, b))
         return symmetric_blocks_csc_data(self.layout, blocks, damping, self.dtype)
 
+    def gram_dense(self) -> Float[Array, "n n"]:
+        """Dense ``JᵀJ``: the CSC values of its upper triangle (:meth:`gram_csc_data`) gathered
+        into both triangles, so the dense ``J`` is never formed. Under ``vmap`` (4,096 SE(2)
+        graphs of 30 unknowns) a scatter into a dense ``J`` followed by a batch of tiny GEMMs
+        took 1.5x longer per solve; a gather-sum straight from the block products, 6x longer."""
+        data = jnp.concatenate([self.gram_csc_data(), jnp.zeros(1, self.dtype)])
+        return data[_csc_dense_index(self.layout)]
+
     def to_dense(self) -> Float[Array, "m n"]:
         """Dense ``J`` (tests and small problems)."""
         m, n = self.shape
@@ -301,6 +320,10 @@ class BlockSparseLinearization(AbstractLinearization):
 
     def as_matrix(self):
         return self.jac.to_dense()
+
+    def gram(self):
+        """Dense ``JᵀJ`` (see :meth:`BlockSparseJacobian.gram_dense`)."""
+        return self.jac.gram_dense()
 
     @property
     def tangent_size(self) -> int:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Bool, Float
 
+from ._blocksparse import BlockSparseLinearization
 from ._dense import psd_solve
 from ._linearization import AbstractLinearization, DenseLinearization
 
@@ -39,7 +40,7 @@ class DenseCholesky(AbstractStepSolver):
     pseudo-inverse when it is not positive definite. The default for small problems."""
 
     def solve(self, lin, damping, rhs=None):
-        if isinstance(lin, DenseLinearization):
+        if isinstance(lin, (DenseLinearization, BlockSparseLinearization)):
             A = lin.gram()
         else:  # any linearization that can materialize its Jacobian
             J = lin.as_matrix()
