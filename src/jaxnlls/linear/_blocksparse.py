@@ -88,7 +88,8 @@ class BlockLayout:
         return isinstance(other, BlockLayout) and self._digest == other._digest
 
     def __repr__(self) -> str:
-        return f"BlockLayout(n_cols={self.n_cols}, groups={dict(zip(self.names, self.group_sizes()))})"
+        groups = dict(zip(self.names, self.group_sizes()))
+        return f"BlockLayout(n_cols={self.n_cols}, groups={groups})"
 
     # ----------------------------------------------------------------- host-side patterns
     def gram_pattern(self):
