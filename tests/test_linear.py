@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from jaxnlls.linear import is_rank_deficient, psd_solve
-from jaxnlls.linear._dense import LOOP_N, SMALL_N, UNROLLED_SUBSTITUTION_N, _loop_psd_solve
+from jaxnlls.linear._dense import (
+    LOOP_N,
+    REDO_CHUNK,
+    SMALL_N,
+    UNROLLED_SUBSTITUTION_N,
+    _loop_psd_solve,
+)
 
 N = 12  # between SMALL_N and LOOP_N: the size that takes the batched LAPACK path
 assert SMALL_N < N <= UNROLLED_SUBSTITUTION_N < UNROLLED_SUBSTITUTION_N + 8 <= LOOP_N
@@ -47,6 +53,31 @@ def test_vmap_equals_loop_with_singular_members(tol, n):
     A64, b64 = np.asarray(A, np.float64)[good], np.asarray(b, np.float64)[good]
     ref = np.linalg.solve(A64, b64[..., None])[..., 0]
     np.testing.assert_allclose(x[good], ref, rtol=1e3 * tol.rtol, atol=1e3 * tol.atol)
+
+
+def test_more_failing_members_than_one_redo_chunk(tol):
+    """Failed members are redone ``REDO_CHUNK`` at a time: with 2.5 chunks' worth of singular
+    members scattered over the batch (three of them all zeros), and under a nested ``vmap``,
+    every member still gets the loop's answer and flag."""
+    batch = 4 * REDO_CHUNK
+    A, b = _batch(batch=batch, seed=2)
+    singular = np.random.default_rng(3).permutation(batch)[: 5 * REDO_CHUNK // 2]
+    A = A.at[singular, 6, :].set(0.0).at[singular, :, 6].set(0.0)
+    A = A.at[singular[:3]].set(0.0)  # all-zero members: answered 0 without the redo
+    looped = [jax.jit(_loop_psd_solve)(A[i], b[i]) for i in range(batch)]
+    x_ref = np.stack([np.asarray(x) for x, _ in looped])
+    ok_ref = np.asarray([bool(ok) for _, ok in looped])
+    assert not ok_ref[singular].any() and len(singular) > 2 * REDO_CHUNK
+    flat = jax.jit(jax.vmap(psd_solve))(A, b)
+    # nested: two halves, each a batch of its own inside the outer vmap
+    halves = lambda a: a.reshape((2, batch // 2) + a.shape[1:])  # noqa: E731
+    x2, ok2 = jax.jit(jax.vmap(jax.vmap(psd_solve)))(halves(A), halves(b))
+    nested = (x2.reshape(batch, -1), ok2.reshape(batch))
+    scale = max(1.0, float(np.abs(x_ref).max()))
+    assert not np.any(x_ref[singular[:3]])
+    for x, ok in (flat, nested):
+        assert np.array_equal(np.asarray(ok), ok_ref)
+        np.testing.assert_allclose(x, x_ref, rtol=1e3 * tol.rtol, atol=1e3 * tol.atol * scale)
 
 
 def test_vmap_with_shared_matrix_equals_loop(tol):
