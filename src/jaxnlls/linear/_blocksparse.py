@@ -162,16 +162,18 @@ class BlockLayout:
         self._cache["upper"] = tuple(plans)
         return self._cache["upper"]
 
-
-def _csc_dense_index(layout: BlockLayout) -> np.ndarray:
-    """``(n, n)`` indices into ``[CSC values of the upper triangle..., 0]``."""
-    indptr, indices, _, _, nnz = layout.gram_pattern()
-    n = layout.n_cols
-    index = np.full((n, n), nnz, np.int32)
-    cols = np.repeat(np.arange(n), np.diff(indptr))
-    index[indices, cols] = np.arange(nnz)
-    index[cols, indices] = np.arange(nnz)
-    return index
+    def dense_index(self) -> np.ndarray:
+        """``(n, n)`` indices into ``[CSC values of the upper triangle of JᵀJ..., 0]``: entry
+        ``(a, b)`` reads the slot of ``(min, max)``, or the trailing zero where no factor couples
+        the two columns (cached)."""
+        if "dense" not in self._cache:
+            indptr, indices, _, _, nnz = self.gram_pattern()
+            index = np.full((self.n_cols, self.n_cols), nnz, np.int32)
+            cols = np.repeat(np.arange(self.n_cols), np.diff(indptr))
+            index[indices, cols] = index[cols, indices] = np.arange(nnz)
+            index.setflags(write=False)
+            self._cache["dense"] = index
+        return self._cache["dense"]
 
 
 def symmetric_blocks_csc_data(
@@ -273,7 +275,7 @@ class BlockSparseJacobian(eqx.Module):
         graphs of 30 unknowns) a scatter into a dense ``J`` followed by a batch of tiny GEMMs
         took 1.5x longer per solve; a gather-sum straight from the block products, 6x longer."""
         data = jnp.concatenate([self.gram_csc_data(), jnp.zeros(1, self.dtype)])
-        return data[_csc_dense_index(self.layout)]
+        return data[self.layout.dense_index()]
 
     def to_dense(self) -> Float[Array, "m n"]:
         """Dense ``J`` (tests and small problems)."""
