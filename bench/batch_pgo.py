@@ -14,6 +14,9 @@ Reported: problems/s = B / median solve time (jit, compile apart, ``block_until_
 ``jax.lax.map(..., batch_size=N)`` instead of one ``vmap`` over the whole batch: chunks of N
 problems, each vmapped and iterated to convergence while its working set stays in cache.
 
+Rows ``*_analytic`` pass the Jacobian in closed form (``solve(jac=...)``, SE(2) ``Jr⁻¹`` and
+adjoint) instead of autodiff.
+
 A last row solves the same problems as a ``jaxnlls.FactorGraph`` (``between`` and ``prior``
 factors with analytic Jacobians, graph-default LM) under ``vmap``; ``--no-graph`` skips it.
 
@@ -118,17 +121,49 @@ def _timed(f, args, repeats: int):
     return out, first, statistics.median(times)
 
 
-def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False,
+def make_jacobian(edges):
+    """The residual's Jacobian in closed form, for ``solve(jac=...)``: rows as
+    :func:`jacobian_pattern`, columns 3 per pose (right perturbations, tangent (x, y, θ)).
+    Between rows: ``w·Jr⁻¹(e)`` for pose j and ``-w·Jr⁻¹(e) Ad(T⁻¹)`` for pose i, ``T = Xi⁻¹Xj``;
+    the prior rows ``Jr⁻¹(Log(P⁻¹ X0))``."""
+    ei, ej = jnp.asarray(edges[:, 0]), jnp.asarray(edges[:, 1])
+    w = jnp.asarray([1 / SIG_T, 1 / SIG_T, 1 / SIG_R])
+    # one-hot pose selectors (static): blocks land in their columns by a small dense product
+    onehot_i = np.eye(N_POSES)[edges[:, 0]]
+    onehot_j = np.eye(N_POSES)[edges[:, 1]]
+
+    def jac(x: SE2, data):
+        z, prior = data
+        T = x[ei].inverse() @ x[ej]
+        jb = w[None, :, None] * SE2.jac_right_inv((z.inverse() @ T).log())
+        ja = -jb @ T.inverse().adjoint()
+        rows = (jnp.einsum("kab,kn->kanb", ja, onehot_i.astype(ja.dtype))
+                + jnp.einsum("kab,kn->kanb", jb, onehot_j.astype(jb.dtype)))
+        top = rows.reshape(3 * len(edges), 3 * N_POSES)
+        jp = SE2.jac_right_inv(prior.local(x[0]))
+        bottom = jnp.concatenate([jp, jnp.zeros((3, 3 * N_POSES - 3), jp.dtype)], axis=1)
+        return jnp.concatenate([top, bottom], axis=0)
+
+    return jac
+
+
+def run_jaxnlls(method: str, batch: int, repeats: int, jac: str = "autodiff",
                 chunk: int = 0) -> dict:
+    """``jaxnlls.solve`` under ``vmap``; ``jac``: "autodiff" (30 JVPs), "sparsity"
+    (``jac_sparsity``, 6 JVPs) or "analytic" (``jac=`` the closed form above)."""
     edges, meas, init, prior = make_pgo2d(batch)
     residual = make_residual(edges)
-    sparsity = jaxnlls.JacobianSparsity(jacobian_pattern(edges)) if sparse else None
+    options = {}
+    if jac == "sparsity":
+        options["jac_sparsity"] = jaxnlls.JacobianSparsity(jacobian_pattern(edges))
+    elif jac == "analytic":
+        options["jac"] = make_jacobian(edges)
     solver = (jaxnlls.GaussNewton(rtol=1e-8, atol=1e-8) if method == "gn"
               else jaxnlls.LevenbergMarquardt(rtol=1e-8, atol=1e-8))
 
     def one(x0, z, p):
         sol = jaxnlls.solve(residual, x0, (z, p), solver=solver, max_steps=50, throw=False,
-                            jac_sparsity=sparsity)
+                            **options)
         r = residual(sol.value, (z, p))
         cost = 0.5 * sum(jnp.sum(ri**2) for ri in r)
         return cost, sol.stats.steps, sol.result
@@ -142,7 +177,7 @@ def run_jaxnlls(method: str, batch: int, repeats: int, sparse: bool = False,
     args = (_xyt(init), _xyt(meas), _xyt(prior))
     (cost, steps, result), first, med = _timed(f, args, repeats)
     ok = float(jnp.mean(result == jaxnlls.RESULTS.successful))
-    name = (f"jaxnlls_{method}" + ("_sparsity" if sparse else "")
+    name = (f"jaxnlls_{method}" + ("" if jac == "autodiff" else f"_{jac}")
             + (f"_lax.map(batch_size={chunk})" if chunk else ""))
     return dict(solver=name, iters=int(jnp.max(steps)), cost=float(jnp.mean(cost)),
                 compile_s=max(first - med, 0.0), seconds=med, problems_per_s=batch / med,
@@ -222,10 +257,10 @@ def main() -> None:
                     help="skip the FactorGraph row (vmap(graph.solve), analytic Jacobians)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    rows = [run_jaxnlls(m, args.batch, args.repeats, sparse)
-            for sparse in (False, True) for m in ("gn", "lm")]
+    rows = [run_jaxnlls(m, args.batch, args.repeats, jac)
+            for jac in ("autodiff", "sparsity", "analytic") for m in ("gn", "lm")]
     if args.chunk:
-        rows.append(run_jaxnlls("gn", args.batch, args.repeats, True, args.chunk))
+        rows.append(run_jaxnlls("gn", args.batch, args.repeats, "sparsity", args.chunk))
     if not args.no_graph:
         rows.append(run_jaxnlls_graph(args.batch, args.repeats))
     if args.peers:

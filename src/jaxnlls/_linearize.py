@@ -49,6 +49,8 @@ class DenseProblem(eqx.Module):
 
     ``fn(x, inputs)`` returns the residual pytree (aux already stripped). ``matrix`` picks
     a materialized Jacobian (forward or reverse mode) or a matrix-free linearization.
+    ``jac_call(x, inputs)``, when given, returns the user's analytic ``(m, n)`` Jacobian in the
+    tangent chart (``solve(jac=callable)``); it replaces autodiff in the forward loop only.
     """
 
     fn: Callable = eqx.field(static=True)
@@ -61,6 +63,7 @@ class DenseProblem(eqx.Module):
     matrix: bool = eqx.field(static=True)
     jac: str = eqx.field(static=True)
     sparsity: JacobianSparsity | None = eqx.field(static=True, default=None)
+    jac_call: Callable | None = eqx.field(static=True, default=None)
 
     def residual(self, x) -> jax.Array:
         return ravel_residual(self.fn(x, self.inputs))
@@ -82,6 +85,9 @@ class DenseProblem(eqx.Module):
         if not self.matrix:
             dyn, _ = eqx.partition(self.inputs, eqx.is_array)
             return MatrixFreeLinearization(f(d0), x, dyn, self.flat_split, self.n)
+        if self.jac_call is not None:
+            r = self.residual(x)
+            return DenseLinearization(r, jnp.transpose(self.jac_call(x, self.inputs)))
         mode = self.jac
         if self.sparsity is not None:
             mode = "fwd"
@@ -131,7 +137,8 @@ def _normal_equations(sp: JacobianSparsity, compressed, r):
 
 
 def make_dense_problem(
-    fn, x0, inputs, *, matrix: bool, jac: str = "auto", sparsity: JacobianSparsity | None = None
+    fn, x0, inputs, *, matrix: bool, jac: str = "auto", sparsity: JacobianSparsity | None = None,
+    jac_call: Callable | None = None,
 ) -> DenseProblem:
     """Build the problem at trace time; ``n`` and ``m`` are read off the shapes."""
     _, unravel = ravel_pytree(tangent_zeros(x0))
@@ -147,4 +154,28 @@ def make_dense_problem(
             f"coordinates) = ({m}, {n}): rows follow the flattened residual pytree, columns "
             "the flattened tangent of init (manifold leaves contribute tangent_dim each)"
         )
-    return DenseProblem(fn, inputs, unravel, flat, split, n, m, matrix, jac, sparsity)
+    if jac_call is not None:
+        got = jax.eval_shape(lambda: jac_call(x0, inputs))
+        _check_user_jacobian(got, m, n, jax.eval_shape(lambda: ravel_residual(fn(x0, inputs))))
+    return DenseProblem(fn, inputs, unravel, flat, split, n, m, matrix, jac, sparsity, jac_call)
+
+
+def _check_user_jacobian(got, m: int, n: int, residual) -> None:
+    """Trace-time checks on what ``solve(jac=callable)`` returned at ``init``."""
+    if not (hasattr(got, "shape") and hasattr(got, "dtype")):
+        raise TypeError(
+            f"solve: jac(init, params) returned a {type(got).__name__}; it must return one "
+            f"({m}, {n}) array (rows: the flattened residual, columns: the flattened tangent)"
+        )
+    if tuple(got.shape) != (m, n):
+        raise ValueError(
+            f"solve: jac(init, params) returned shape {tuple(got.shape)}; expected (residuals, "
+            f"tangent coordinates) = ({m}, {n}): rows follow the flattened residual pytree, "
+            "columns the flattened tangent of init (manifold leaves contribute tangent_dim "
+            "each, in the right-perturbation chart x ⊕ δ)"
+        )
+    if got.dtype != residual.dtype:
+        raise TypeError(
+            f"solve: jac(init, params) returned dtype {got.dtype} but the residual has dtype "
+            f"{residual.dtype}; cast the Jacobian so they agree"
+        )

@@ -20,14 +20,20 @@ from .manifold import is_manifold
 from .solvers import AbstractSolver, LevenbergMarquardt
 
 
+# ``inputs`` is ``(residual_fn, params)``, or ``(residual_fn, params, jac_fn)`` with an analytic
+# Jacobian; the functions are closure-converted, so the arrays they capture are inputs too.
+
+
 def _call_plain(x, inputs):
-    fn, params = inputs
-    return fn(x, params)
+    return inputs[0](x, inputs[1])
 
 
 def _call_strip_aux(x, inputs):
-    fn, params = inputs
-    return fn(x, params)[0]
+    return inputs[0](x, inputs[1])[0]
+
+
+def _call_jac(x, inputs):
+    return inputs[2](x, inputs[1])
 
 
 def _path_str(path) -> str:
@@ -109,13 +115,26 @@ def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux
 
     fn = eqx.filter_closure_convert(residual_fn, init, params)
     inputs = (fn, params)
+    jac_call = None
+    if callable(jac):
+        try:
+            eqx.filter_eval_shape(jac, init, params)  # its output is checked by the problem
+        except Exception as e:
+            raise type(e)(f"solve: jac(init, params) failed while tracing: {e}") from e
+        inputs = (fn, params, eqx.filter_closure_convert(jac, init, params))
+        jac_call = _call_jac
     call = _call_strip_aux if has_aux else _call_plain
     matrix = solver.linear_solver.needs_matrix
 
-    def make_problem(inp):
-        return make_dense_problem(call, init, inp, matrix=matrix, jac=jac, sparsity=sparsity)
+    mode = "analytic" if jac_call is not None else jac
 
-    inputs_finite = all_finite(init) & all_finite(params) & all_finite(fn)
+    def make_problem(inp):
+        return make_dense_problem(call, init, inp, matrix=matrix, jac=mode, sparsity=sparsity,
+                                  jac_call=jac_call)
+
+    inputs_finite = all_finite(init) & all_finite(params) & all_finite(inputs[0])
+    if jac_call is not None:
+        inputs_finite = inputs_finite & all_finite(inputs[2])
     value, state = adjoint.apply(make_problem, init, inputs, solver, max_steps, inputs_finite)
 
     # Envelope theorem: d/dθ of the optimal cost is ∂L/∂θ at a fixed x*.
@@ -157,7 +176,7 @@ def solve(
     max_steps: int = 100,
     throw: bool = True,
     has_aux: bool = False,
-    jac: str = "auto",
+    jac: str | Callable[..., Any] = "auto",
     jac_sparsity: Any = None,
 ) -> Solution:
     r"""Minimize $\tfrac12\|r(x, \theta)\|^2$ over ``x``, starting from ``init``.
@@ -180,7 +199,15 @@ def solve(
             and inspect ``sol.result``).
         has_aux: ``residual_fn`` returns ``(residual, aux)``; ``sol.aux`` is aux at the solution.
         jac: ``"auto"`` (forward mode when there are fewer unknowns than residuals), ``"fwd"``
-            or ``"rev"``: how the dense Jacobian is formed.
+            or ``"rev"``: how the dense Jacobian is formed by autodiff. Or an analytic Jacobian,
+            as in SciPy's ``least_squares``: a function ``jac(x, params)`` returning one
+            ``(m, n)`` array, ``∂ r(x ⊕ δ, params) / ∂δ`` at ``δ = 0``; rows follow the
+            flattened residual pytree, columns the flattened tangent of ``init``
+            (``jaxnlls.manifold.tangent_ravel``; a manifold leaf contributes its
+            ``tangent_dim`` columns in the right-perturbation chart ``x · Exp(δ)``). It is
+            used by the forward iterations only; gradients through the solution still
+            differentiate ``residual_fn``. ``jaxnlls.testing.check_jacobian`` compares it
+            with autodiff.
         jac_sparsity: optional boolean ``(m, n)`` pattern of the Jacobian (rows: the flattened
             residual; columns: the flattened tangent of ``init``), as in SciPy's
             ``least_squares``; a :class:`jaxnlls.JacobianSparsity` is accepted too. Columns that
@@ -219,8 +246,19 @@ def solve(
         raise TypeError(f"solve: solver must be a jaxnlls solver; got {type(solver).__name__}")
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"solve: adjoint must be a jaxnlls adjoint; got {type(adjoint).__name__}")
-    if jac not in ("auto", "fwd", "rev"):
-        raise ValueError(f"solve: jac must be 'auto', 'fwd' or 'rev'; got {jac!r}")
+    if callable(jac):
+        if jac_sparsity is not None:
+            raise ValueError("solve: give either an analytic jac or jac_sparsity, not both")
+        if not solver.linear_solver.needs_matrix:
+            raise ValueError(
+                "solve: an analytic jac needs a materialized Jacobian; the matrix-free linear "
+                f"solver {type(solver.linear_solver).__name__} does not use one"
+            )
+    elif not isinstance(jac, str) or jac not in ("auto", "fwd", "rev"):
+        raise ValueError(
+            f"solve: jac must be 'auto', 'fwd', 'rev' or a function jac(x, params) -> (m, n) "
+            f"array; got {jac!r}"
+        )
     sparsity = None
     if jac_sparsity is not None:
         sparsity = (
