@@ -470,6 +470,43 @@ _E = "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
         ),
         (_V2 + "VERTEX2 2 0 0 0\n" + _E, 3, None, "a TORO tag"),
         (_V2 + _E + "FIX 9\n", 4, "FIX", "missing vertex 9"),
+        # ids beyond int64 used to escape as a bare OverflowError
+        pytest.param(
+            "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 99999999999999999999 1 0 0\n" + _E,
+            2,
+            "VERTEX_SE2",
+            "field 1: id 99999999999999999999 does not fit in a 64-bit integer",
+            id="vertex-id-overflows-int64",
+        ),
+        pytest.param(
+            "EDGE_SE2 0 -9223372036854775809 1 0 0 1 0 0 1 0 1\n",
+            1,
+            "EDGE_SE2",
+            "field 2: id -9223372036854775809 does not fit",
+            id="edge-id-overflows-int64",
+        ),
+        # Python's int()/float() accept digit separators and non-ASCII digits; files do not
+        pytest.param(
+            _V2 + "EDGE_SE2 0 1 1_0 0 0 1 0 0 1 0 1\n",
+            3,
+            "EDGE_SE2",
+            r"field 3 \('1_0'\) is not a number",
+            id="digit-separator",
+        ),
+        pytest.param(
+            "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 \uff11 1 0 0\n" + _E,
+            2,
+            "VERTEX_SE2",
+            r"field 1 \('\uff11'\) is not an integer id",
+            id="fullwidth-digit-id",
+        ),
+        pytest.param(
+            _V2 + "EDGE_SE2 0 1 \u0661 0 0 1 0 0 1 0 1\n",
+            3,
+            "EDGE_SE2",
+            r"field 3 \('\u0661'\) is not a number",
+            id="arabic-indic-digit",
+        ),
     ],
 )
 def test_malformed_g2o(tmp_path, text, line, tag, pattern):
@@ -577,6 +614,50 @@ def test_bal_problem49(shared_data):
         ),
         ("1 1 1\n0 0 1 2\n" + "0\n" * 4 + "q\n" + "0\n" * 7, 7, r"camera 0 parameter 4 \('q'\)"),
         ("1 1 2\n0 0 1 2\n", 2, "expected 2 observation lines, found 1"),
+        # a huge header count used to raise MemoryError / "Maximum allowed dimension exceeded"
+        pytest.param(
+            "1000000000000 1 1\n0 0 1 2\n" + "0\n" * 12,
+            14,
+            r"expected 9000000000003 parameters .* found 12 before end of file",
+            id="huge-camera-count",
+        ),
+        pytest.param(
+            "1 100000000000000000000 1\n0 0 1 2\n" + "0\n" * 12,
+            14,
+            r"expected 300000000000000000009 parameters .* found 12",
+            id="huge-point-count",
+        ),
+        # header and body disagree: the message points back at the header
+        pytest.param(
+            "1 1 1\n0 0 1 2\n0 0 3 4\n" + "0\n" * 12,
+            12,
+            r"unexpected data after the 12 camera and point parameters \(the header on line 1 "
+            r"declares 1 cameras, 1 points, 1 observations\)",
+            id="header-too-few-observations",
+        ),
+        pytest.param(
+            "1 1 2\n0 0 1 2\n" + "0\n" * 12,
+            3,
+            r"observation 1: expected 4 fields \(camera point u v\), got 1 \(the header on line "
+            r"1 declares 1 cameras, 1 points, 2 observations\)",
+            id="header-too-many-observations",
+        ),
+        pytest.param(
+            "1 1 1\n0 0 1_0 2\n" + "0\n" * 12, 2, r"u \('1_0'\) is not a number", id="separator"
+        ),
+        pytest.param(
+            "1 1 1\n0 \u0660 1 2\n" + "0\n" * 12,
+            2,
+            r"point index \('\u0660'\) is not an integer",
+            id="non-ascii-digit",
+        ),
+        # all-zero parameters: the point is at depth 0, the residual used to be a silent NaN
+        pytest.param(
+            "1 1 1\n0 0 1 2\n" + "0\n" * 12,
+            2,
+            r"observation 0: point 0 is at depth 0 in camera 0 \(P_z = 0\)",
+            id="depth-zero",
+        ),
     ],
 )
 def test_bal_malformed(tmp_path, text, line, pattern):
@@ -596,6 +677,72 @@ def test_bal_blank_lines_and_layout(tmp_path):
     np.testing.assert_array_equal(b.cameras[0], np.arange(9.0))
     np.testing.assert_array_equal(b.points[0], [9, 10, 11])
     np.testing.assert_array_equal(b.observations[0], [1.5, -2])
+
+
+# ---------------------------------------------------------------------------------------------
+# encodings and extreme values
+# ---------------------------------------------------------------------------------------------
+
+_BAL_OK = "1 1 1\n0 0 1.5 -2\n" + "0 0 0 0 0 1 500 0 0\n" + "0 0 -3\n"
+
+
+@pytest.mark.parametrize(
+    "reader, lines",
+    [
+        (read_g2o, [_V2.splitlines()[0], _V2.splitlines()[1], _E.strip()]),
+        (read_bal, _BAL_OK.splitlines()),
+    ],
+    ids=["g2o", "bal"],
+)
+def test_non_utf8_bytes_named_by_line(tmp_path, reader, lines):
+    """A stray Latin-1 byte used to fail the whole file without a line (g2o) or escape as a bare
+    UnicodeDecodeError (BAL)."""
+    p = tmp_path / "latin1.txt"
+    data = [ln.encode() for ln in lines]
+    data[2] = data[2] + b" \xe9"
+    p.write_bytes(b"\n".join(data) + b"\n")
+    with pytest.raises(FormatError, match=r"not UTF-8 text \(byte 0xe9 at column") as e:
+        reader(p)
+    assert e.value.line == 3 and str(e.value).startswith(f"{p}:3: ")
+
+
+def test_non_utf8_comment_is_skipped(tmp_path):
+    p = tmp_path / "c.g2o"
+    p.write_bytes(b"# caf\xe9\n" + (_V2 + _E).encode())
+    assert read_g2o(p).n_edges == 1
+
+
+@pytest.mark.parametrize(
+    "reader, text", [(read_g2o, _V2 + _E), (read_bal, _BAL_OK)], ids=["g2o", "bal"]
+)
+def test_utf8_bom_accepted(tmp_path, reader, text):
+    """Windows editors start UTF-8 files with a byte-order mark; it used to be read as part of
+    the first tag or header field."""
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    q = tmp_path / "plain.txt"
+    q.write_text(text)
+    a, b = reader(p), reader(q)
+    for name in ("poses", "measurements", "cameras", "points", "observations"):
+        if hasattr(a, name):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_information_with_huge_entries(tmp_path):
+    """Entries near the float64 limit: a positive-definite matrix whose largest eigenvalue
+    overflows used to be rejected as singular, and fix_information used to return NaN."""
+    p = tmp_path / "big.g2o"
+    p.write_text(_V2 + "EDGE_SE2 0 1 1 0 0 1e308 9e307 0 1e308 0 1e308\n")
+    g = read_g2o(p)
+    assert _is_symmetric_pd(g.information) and g.repaired.size == 0
+    p.write_text(_V2 + "EDGE_SE2 0 1 1 0 0 1e308 0 0 -1e308 0 1e308\n")
+    with pytest.raises(FormatError, match=r"big\.g2o:3: EDGE_SE2: .*not positive definite"):
+        read_g2o(p)
+    g = read_g2o(p, fix_information=True)
+    np.testing.assert_array_equal(g.repaired, [0])
+    assert np.all(np.isfinite(g.information)) and _is_symmetric_pd(g.information)
+    np.testing.assert_allclose(np.diag(g.information[0]), [1e308, 1e308 * INFORMATION_FLOOR, 1e308])
+    assert np.all(np.isfinite(g.sqrt_information()))
 
 
 def test_formaterror_without_line(tmp_path):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ._errors import FormatError
+from ._errors import FormatError, check_utf8, open_text, parse_float, parse_int
 
 __all__ = ["BALProblem", "read_bal", "write_bal", "rodrigues_rotate"]
 
@@ -97,20 +97,19 @@ class BALProblem:
 
 
 def _number(path: str, lineno: int, s: str, what: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise FormatError(path, lineno, f"{what} ({s!r}) is not a number") from None
+    v = parse_float(s)
+    if v is None:
+        raise FormatError(path, lineno, f"{what} ({s!r}) is not a number")
     if not math.isfinite(v):
         raise FormatError(path, lineno, f"{what} is not finite ({s!r})")
     return v
 
 
 def _integer(path: str, lineno: int, s: str, what: str) -> int:
-    try:
-        return int(s)
-    except ValueError:
-        raise FormatError(path, lineno, f"{what} ({s!r}) is not an integer") from None
+    v = parse_int(s)
+    if v is None:
+        raise FormatError(path, lineno, f"{what} ({s!r}) is not an integer")
+    return v
 
 
 def read_bal(path: str | os.PathLike[str]) -> BALProblem:
@@ -122,16 +121,18 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
 
     Raises:
         FormatError: wrong field count, non-numeric or non-finite value, index out of range,
-            missing or trailing data. The message names the file and line.
+            missing or trailing data (header counts that disagree with the body), bytes that are
+            not UTF-8, or an observed point at depth 0 in its camera (its projection would be
+            NaN). The message names the file and line.
     """
     path = os.fspath(path)
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
-    with f:
-        lines = [(k, ln.split()) for k, ln in enumerate(f, 1)]
-    lines = [(k, tok) for k, tok in lines if tok]
+    lines = []
+    with open_text(path) as f:
+        for k, raw in enumerate(f, 1):
+            tok = raw.split()
+            if tok:
+                check_utf8(path, k, raw)
+                lines.append((k, tok))
     if not lines:
         raise FormatError(path, None, "empty file")
     k0, head = lines[0]
@@ -146,12 +147,18 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
     )
     if min(n_cam, n_pt, n_obs) <= 0:
         raise FormatError(path, k0, f"header: counts must be positive, got {n_cam} {n_pt} {n_obs}")
+    # named in the errors that a header disagreeing with the body leads to
+    header = (
+        f"(the header on line {k0} declares {n_cam} cameras, {n_pt} points, "
+        f"{n_obs} observations)"
+    )
     if len(lines) < 1 + n_obs:
         last = lines[-1][0]
         raise FormatError(
             path,
             last,
-            f"expected {n_obs} observation lines, found {len(lines) - 1} before end of file",
+            f"expected {n_obs} observation lines, found {len(lines) - 1} before end of file "
+            f"{header}",
         )
     cam_idx = np.empty(n_obs, dtype=np.int64)
     pt_idx = np.empty(n_obs, dtype=np.int64)
@@ -160,7 +167,9 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
         k, tok = lines[1 + o]
         if len(tok) != 4:
             raise FormatError(
-                path, k, f"observation {o}: expected 4 fields (camera point u v), got {len(tok)}"
+                path,
+                k,
+                f"observation {o}: expected 4 fields (camera point u v), got {len(tok)} {header}",
             )
         c = _integer(path, k, tok[0], "camera index")
         p = _integer(path, k, tok[1], "point index")
@@ -172,13 +181,24 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
         obs[o, 0] = _number(path, k, tok[2], "u")
         obs[o, 1] = _number(path, k, tok[3], "v")
     n_params = 9 * n_cam + 3 * n_pt
+    # Count before allocating: a header with a huge count must be an error, not a MemoryError.
+    found = sum(len(tok) for _, tok in lines[1 + n_obs :])
+    if found < n_params:
+        raise FormatError(
+            path,
+            lines[-1][0],
+            f"expected {n_params} parameters (9 x {n_cam} cameras + 3 x {n_pt} points), "
+            f"found {found} before end of file",
+        )
     params = np.empty(n_params)
     m = 0
     for k, tok in lines[1 + n_obs :]:
         for s in tok:
             if m >= n_params:
                 raise FormatError(
-                    path, k, f"unexpected data after the {n_params} camera and point parameters"
+                    path,
+                    k,
+                    f"unexpected data after the {n_params} camera and point parameters {header}",
                 )
             what = (
                 f"camera {m // 9} parameter {m % 9}"
@@ -187,14 +207,7 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
             )
             params[m] = _number(path, k, s, what)
             m += 1
-    if m < n_params:
-        raise FormatError(
-            path,
-            lines[-1][0],
-            f"expected {n_params} parameters (9 x {n_cam} cameras + 3 x {n_pt} points), "
-            f"found {m} before end of file",
-        )
-    return BALProblem(
+    problem = BALProblem(
         cameras=params[: 9 * n_cam].reshape(n_cam, 9),
         points=params[9 * n_cam :].reshape(n_pt, 3),
         camera_index=cam_idx,
@@ -202,6 +215,21 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
         observations=obs,
         source=path,
     )
+    # A point at depth exactly 0 in its camera projects to x / 0: the residual and the cost
+    # would be NaN (typically a file whose cameras and points are all zero).
+    cams = problem.cameras[cam_idx]
+    depth = (rodrigues_rotate(cams[:, 0:3], problem.points[pt_idx]) + cams[:, 3:6])[:, 2]
+    flat = np.nonzero(depth == 0.0)[0]
+    if flat.size:
+        o = int(flat[0])
+        more = f" ({flat.size} such observations)" if flat.size > 1 else ""
+        raise FormatError(
+            path,
+            lines[1 + o][0],
+            f"observation {o}: point {pt_idx[o]} is at depth 0 in camera {cam_idx[o]} "
+            f"(P_z = 0), so its projection is undefined{more}",
+        )
+    return problem
 
 
 def write_bal(

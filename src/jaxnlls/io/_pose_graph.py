@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._errors import FormatError
+from ._errors import FormatError, check_utf8, open_text, parse_float, parse_int
 from ._se_numpy import (
     se2_compose,
     se2_inverse,
@@ -43,6 +43,9 @@ INFORMATION_RTOL = 1e-12
 #: ``fix_information=True`` clips eigenvalues from below at ``INFORMATION_FLOOR`` times the largest
 #: absolute eigenvalue of the matrix (or at ``INFORMATION_FLOOR`` itself for an all-zero matrix).
 INFORMATION_FLOOR = 1e-9
+
+# ids are stored as int64
+_ID_MIN, _ID_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 _G2O_TAGS = ("VERTEX_SE2", "EDGE_SE2", "VERTEX_SE3:QUAT", "EDGE_SE3:QUAT", "FIX")
 _TORO_TAGS = ("VERTEX2", "EDGE2", "EQUIV")
@@ -76,13 +79,23 @@ def project_to_psd(matrix: np.ndarray, floor: float = INFORMATION_FLOOR) -> np.n
         ``(..., d, d)`` symmetric positive-definite array.
     """
     m = np.asarray(matrix, dtype=np.float64)
+    # Work on m / max|m_ab|: entries near the float64 limit would otherwise overflow to inf in
+    # the sums below (and eigh would return NaN). The floor is relative, so this is exact.
+    s = _entry_scale(m)[..., None, None]
+    m = m / s
     m = 0.5 * (m + np.swapaxes(m, -1, -2))
     w, v = np.linalg.eigh(m)
     scale = np.max(np.abs(w), axis=-1, keepdims=True)
     scale = np.where(scale > 0.0, scale, 1.0)
     w = np.maximum(w, floor * scale)
     out = (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
-    return 0.5 * (out + np.swapaxes(out, -1, -2))
+    return s * (0.5 * (out + np.swapaxes(out, -1, -2)))
+
+
+def _entry_scale(m: np.ndarray) -> np.ndarray:
+    """``(...)`` largest absolute entry of each ``(..., d, d)`` matrix (1 for a zero matrix)."""
+    s = np.max(np.abs(m), axis=(-2, -1))
+    return np.where(s > 0.0, s, 1.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -246,19 +259,20 @@ class _Line:
 
     def int_at(self, k: int) -> int:
         s = self.tok[k]
-        try:
-            return int(s)
-        except ValueError:
-            raise self.error(f"field {k} ({s!r}) is not an integer id") from None
+        v = parse_int(s)
+        if v is None:
+            raise self.error(f"field {k} ({s!r}) is not an integer id")
+        if not _ID_MIN <= v <= _ID_MAX:
+            raise self.error(f"field {k}: id {s} does not fit in a 64-bit integer")
+        return v
 
     def floats(self, start: int, stop: int) -> list[float]:
         out = []
         for k in range(start, stop):
             s = self.tok[k]
-            try:
-                v = float(s)
-            except ValueError:
-                raise self.error(f"field {k} ({s!r}) is not a number") from None
+            v = parse_float(s)
+            if v is None:
+                raise self.error(f"field {k} ({s!r}) is not a number")
             if not math.isfinite(v):
                 raise self.error(f"field {k} is not finite ({s!r})")
             out.append(v)
@@ -266,18 +280,12 @@ class _Line:
 
 
 def _lines(path: str) -> Iterable[_Line]:
-    try:
-        f = open(path, encoding="utf-8", errors="strict")
-    except OSError as e:
-        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
-    with f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                tok = raw.split()
-                if tok and not tok[0].startswith("#"):
-                    yield _Line(path, lineno, tok)
-        except UnicodeDecodeError as e:
-            raise FormatError(path, None, f"not a text file ({e.reason})") from e
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            tok = raw.split()
+            if tok and not tok[0].startswith("#"):
+                check_utf8(path, lineno, raw)  # (comments may be in any encoding)
+                yield _Line(path, lineno, tok)
 
 
 def _check_unit_quaternion(rec: _Line, q: list[float]) -> np.ndarray:
@@ -412,7 +420,9 @@ def _read(
         edges = np.searchsorted(ids, ij).astype(np.int64)
 
     # information matrices: positive definite to working precision, or repaired
-    eig = np.linalg.eigvalsh(information)
+    # (eigenvalues of information / max|entry|, so that huge finite entries cannot overflow)
+    entry_scale = _entry_scale(information)
+    eig = np.linalg.eigvalsh(information / entry_scale[:, None, None])
     scale = np.max(np.abs(eig), axis=-1)
     bad = np.nonzero(~(eig[:, 0] > INFORMATION_RTOL * scale))[0]
     repaired = np.zeros((0,), dtype=np.int64)
@@ -422,11 +432,13 @@ def _read(
             ln = int(edge_lines[k])
             what = "singular" if eig[k, 0] >= 0.0 else "not positive definite"
             more = f" ({bad.size} such edges in the file)" if bad.size > 1 else ""
+            with np.errstate(over="ignore"):  # (an eigenvalue beyond float64 shows as inf)
+                shown = eig[k] * entry_scale[k]
             raise FormatError(
                 path,
                 ln,
                 f"information matrix of edge ({e_ids[k][0]}, {e_ids[k][1]}) is {what}: "
-                f"eigenvalues {np.array2string(eig[k], precision=4)}{more}; "
+                f"eigenvalues {np.array2string(shown, precision=4)}{more}; "
                 "pass fix_information=True (jaxnlls pgo --fix-information) to project it to the "
                 "nearest positive-definite matrix",
                 tag=e_tags[k],
@@ -544,11 +556,11 @@ def read_g2o(path: str | os.PathLike[str], *, fix_information: bool = False) -> 
         The :class:`PoseGraph`.
 
     Raises:
-        FormatError: malformed line (field count, non-numeric or non-finite value, non-unit
-            quaternion), unknown tag, mixed 2D/3D records, duplicate vertex id, edge naming a
-            missing vertex, self-edge, non-positive-definite or singular information matrix, or
-            an edges-only file whose edges do not connect all poses. The message names the file,
-            the line and the tag.
+        FormatError: malformed line (field count, non-numeric or non-finite value, id outside
+            the int64 range, non-unit quaternion, bytes that are not UTF-8), unknown tag, mixed
+            2D/3D records, duplicate vertex id, edge naming a missing vertex, self-edge,
+            non-positive-definite or singular information matrix, or an edges-only file whose
+            edges do not connect all poses. The message names the file, the line and the tag.
     """
     return _read(path, _G2O_TAGS, fix_information, "g2o")
 
