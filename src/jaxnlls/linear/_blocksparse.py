@@ -114,7 +114,7 @@ class BlockLayout:
         colz = np.concatenate(cols_all).astype(np.int64)
         upper = rows <= colz
         key = colz * n + rows  # CSC order: by column, then row
-        ukeys = np.unique(key[upper])
+        ukeys = _sorted_unique(key[upper])
         nnz = len(ukeys)
         indices = (ukeys % n).astype(np.int32)
         colsof = ukeys // n
@@ -174,6 +174,15 @@ class BlockLayout:
             index.setflags(write=False)
             self._cache["dense"] = index
         return self._cache["dense"]
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting: numpy 2's hash-based ``unique`` took 0.19 s on the 0.75 M keys
+    of sphere_bignoise's ``JᵀJ`` (first-solution time), sorting and masking 0.03 s."""
+    a = np.sort(a)
+    keep = np.ones(a.shape, bool)
+    keep[1:] = a[1:] != a[:-1]
+    return a[keep]
 
 
 def symmetric_blocks_csc_data(
