@@ -203,6 +203,84 @@ def test_from_matrix_projects_like_svd():
     close(SO2.from_matrix(jnp.asarray(m2, DTYPE)).as_matrix(), ref2, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("G", [SO3, SE3, Sim3], ids=lambda g: g.__name__)
+def test_from_matrix_reverse_mode_at_exact_rotations(G):
+    """Reverse-mode gradients of ``from_matrix`` are finite at exact rotations and equal forward
+    mode. (``eigh``'s own derivative divides by the gaps between the three equal lower eigenvalues
+    of the Davenport matrix there, and reverse mode gave 0 · inf = NaN.)"""
+    rots = [np.eye(3), np.diag([-1.0, -1.0, 1.0]), Rotation.from_rotvec([0.5 * np.pi, 0, 0]),
+            Rotation.random(random_state=7)]
+    rots = [r if isinstance(r, np.ndarray) else r.as_matrix() for r in rots]
+    weights = jnp.asarray(np.random.default_rng(8).normal(size=G.params_dim), DTYPE)
+
+    def f(r):
+        m = r if G is SO3 else jnp.eye(4, dtype=DTYPE).at[:3, :3].set(1.5 * r)
+        return jnp.sum(G.from_matrix(m).params * weights)
+
+    for r in rots:
+        r = jnp.asarray(r, DTYPE)
+        g_rev = jax.grad(f)(r)
+        g_fwd = jax.jacfwd(f)(r)
+        assert np.all(np.isfinite(np.asarray(g_rev)))
+        close(g_rev, g_fwd, rtol=1e-5, atol=1e-5)
+
+
+def test_from_matrix_gradient_vs_svd_projection(requires_x64):
+    """d from_matrix / dM (both modes, order 2) against finite differences of the SVD projection."""
+    rng = np.random.default_rng(9)
+    m = Rotation.random(random_state=10).as_matrix() + 0.1 * rng.normal(size=(3, 3))
+
+    def svd_proj(a):
+        u, _, vt = np.linalg.svd(a)
+        return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+
+    h = 1e-6
+    fd = np.zeros((3, 3, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            e = np.zeros((3, 3))
+            e[i, j] = h
+            fd[:, :, i, j] = (svd_proj(m + e) - svd_proj(m - e)) / (2 * h)
+    f = lambda a: SO3.from_matrix(a).as_matrix()  # noqa: E731
+    close(jax.jacrev(f)(jnp.asarray(m)), fd, rtol=1e-7, atol=1e-7)
+    check_grads(lambda a: SO3.from_matrix(a).params, (jnp.asarray(np.eye(3)),), order=2,
+                modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-5)
+
+
+@pytest.mark.parametrize("pitch_offset", [0.0, 1e-7, 1e-5, 1e-3])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rpy_round_trip_near_gimbal_lock(pitch_offset, sign):
+    """``from_rpy(*as_rpy(R)) == R`` at and near |pitch| = π/2, for q and -q (the old
+    atan2-of-matrix-entries / arcsin read-out returned angles off by up to 0.8 rad there)."""
+    pitch = sign * (0.5 * np.pi - pitch_offset)
+    rpy = np.array([[0.3, pitch, 0.7], [-2.5, pitch, 3.0], [0.0, pitch, -0.4]])
+    R = SO3.from_rpy(*(jnp.asarray(rpy[:, i], DTYPE) for i in range(3)))
+    ref = Rotation.from_euler("xyz", rpy).as_matrix()
+    atol = 1e-12 if X64 else 1e-6
+    for q in (R, SO3(-R.params)):
+        roll, p, yaw = q.as_rpy()
+        close(SO3.from_rpy(roll, p, yaw).as_matrix(), ref, rtol=0, atol=atol)
+        close(p, rpy[:, 1], rtol=0, atol=atol)
+        for a in (roll, yaw):
+            assert np.all(np.abs(np.asarray(a)) <= np.pi)
+
+
+def test_rpy_gradient_and_range():
+    """Generic angles: exact round trip, angles wrapped to (-π, π], finite gradient."""
+    rng = np.random.default_rng(11)
+    rpy = rng.uniform([-np.pi, -1.5, -np.pi], [np.pi, 1.5, np.pi], size=(30, 3))
+    R = SO3.from_rpy(*(jnp.asarray(rpy[:, i], DTYPE) for i in range(3)))
+    for q in (R, SO3(-R.params)):
+        close(np.stack(q.as_rpy(), -1), rpy, rtol=1e-6, atol=1e-6)
+    g = jax.jacrev(lambda p: jnp.stack(SO3(p).as_rpy(), -1))(R.params[0])
+    assert np.all(np.isfinite(np.asarray(g)))
+    # chain rule: d as_rpy / d rpy at a generic point is the identity
+    j = jax.jacfwd(lambda a: jnp.stack(SO3.from_rpy(a[0], a[1], a[2]).as_rpy()))(
+        jnp.asarray(rpy[0], DTYPE)
+    )
+    close(j, np.eye(3), rtol=1e-4, atol=1e-4)
+
+
 def test_slerp_vs_scipy():
     key = Rotation.random(2, random_state=6)
     ts = np.linspace(0.0, 1.0, 7)
@@ -294,3 +372,30 @@ def test_integer_tangent_and_points_are_promoted():
     close(x @ jnp.asarray([0, 0]), [1.0, 0.0])
 
 
+
+
+
+@pytest.mark.parametrize(
+    "G, R, n",
+    [(SE2, SO2, 2), (SE3, SO3, 3), (Sim3, SO3, 3)],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_from_rotation_and_translation_validates_parts(G, R, n):
+    """A wrong translation length is reported as such (it used to surface as a params-shape
+    error), and a rotation of another group is rejected (an SE2 passed as SE3's rotation was
+    silently read as a quaternion)."""
+
+    def make(rot, t):
+        if G is Sim3:
+            return Sim3.from_rotation_translation_scale(rot, t, 2.0)
+        return G.from_rotation_and_translation(rot, t)
+
+    msg = rf"{G.__name__} translation must have shape \(\.\.\., {n}\)"
+    with pytest.raises(ValueError, match=msg):
+        make(R.identity(dtype=DTYPE), jnp.zeros((n + 1,), DTYPE))
+    wrong = SE2.identity(dtype=DTYPE) if R is SO3 else SO3.identity(dtype=DTYPE)
+    with pytest.raises(TypeError, match=rf"{G.__name__} rotation must be a {R.__name__}"):
+        make(wrong, jnp.zeros((n,), DTYPE))
+    x = make(R.identity((2,), DTYPE), jnp.ones((n,), DTYPE))
+    assert x.batch_shape == (2,)
+    close(x.translation(), np.ones((2, n)))

@@ -234,6 +234,25 @@ def check_tangent(cls: type, tangent) -> Array:
     return tangent
 
 
+def check_rotation_translation(cls: type, rotation, rot_cls: type, translation) -> Array:
+    """Validate the parts given to ``cls.from_rotation_*``; returns the translation as floats.
+
+    Without this, a wrong translation length surfaced as a confusing params-shape error, and a
+    rotation of another group with the right number of parameters was silently reinterpreted.
+    """
+    if type(rotation) is not rot_cls:
+        raise TypeError(
+            f"{cls.__name__} rotation must be a {rot_cls.__name__}; got {type(rotation).__name__}"
+        )
+    translation = as_float(translation)
+    n = rot_cls.space_dim
+    if translation.ndim == 0 or translation.shape[-1] != n:
+        raise ValueError(
+            f"{cls.__name__} translation must have shape (..., {n}); got {tuple(translation.shape)}"
+        )
+    return translation
+
+
 def check_points(g: AbstractLieGroup, points) -> Array:
     points = jnp.asarray(points)
     if points.ndim == 0 or points.shape[-1] != g.space_dim:

@@ -14,6 +14,7 @@ from ._base import (
     bcast_params,
     check_matrix,
     check_points,
+    check_rotation_translation,
     check_tangent,
     resolve_dtype,
 )
@@ -64,7 +65,8 @@ class SE2(AbstractLieGroup):
     def from_rotation_and_translation(
         cls, rotation: SO2, translation: Float[Array, "*batch 2"]
     ) -> SE2:
-        rot, t = bcast_params(rotation.params, as_float(translation))
+        translation = check_rotation_translation(cls, rotation, SO2, translation)
+        rot, t = bcast_params(rotation.params, translation)
         return cls(jnp.concatenate([rot, t], axis=-1))
 
     def rotation(self) -> SO2:

@@ -14,6 +14,7 @@ from ._base import (
     bcast_params,
     check_matrix,
     check_points,
+    check_rotation_translation,
     check_tangent,
     resolve_dtype,
 )
@@ -21,7 +22,6 @@ from ._so3 import SO3, quat_exp_from_terms, quat_log_terms
 from ._utils import (
     AngleTerms,
     angle_terms,
-    as_float,
     cross,
     hat3,
     jr_inv_coeff_of,
@@ -183,7 +183,8 @@ class SE3(AbstractLieGroup):
     def from_rotation_and_translation(
         cls, rotation: SO3, translation: Float[Array, "*batch 3"]
     ) -> SE3:
-        q, t = bcast_params(rotation.params, as_float(translation))
+        translation = check_rotation_translation(cls, rotation, SO3, translation)
+        q, t = bcast_params(rotation.params, translation)
         return cls(jnp.concatenate([q, t], axis=-1))
 
     def rotation(self) -> SO3:

@@ -19,6 +19,7 @@ from ._base import (
     bcast_params,
     check_matrix,
     check_points,
+    check_rotation_translation,
     check_tangent,
     resolve_dtype,
 )
@@ -102,7 +103,8 @@ class Sim3(AbstractLieGroup):
         cls, rotation: SO3, translation: Float[Array, "*batch 3"], scale
     ) -> Sim3:
         """From a rotation, a translation and a positive scale (arguments broadcast)."""
-        q, t, s = bcast_params(rotation.params, as_float(translation), as_float(scale)[..., None])
+        translation = check_rotation_translation(cls, rotation, SO3, translation)
+        q, t, s = bcast_params(rotation.params, translation, as_float(scale)[..., None])
         return cls(jnp.concatenate([q, t, s], axis=-1))
 
     def rotation(self) -> SO3:

@@ -137,6 +137,12 @@ def _rpy_to_quat(roll: Array, pitch: Array, yaw: Array) -> Array:
     )
 
 
+def _wrap_angle(t: Array) -> Array:
+    """Wrap an angle in ``(-2π, 2π)`` to ``(-π, π]``."""
+    t = jnp.where(t > jnp.pi, t - 2 * jnp.pi, t)
+    return jnp.where(t <= -jnp.pi, t + 2 * jnp.pi, t)
+
+
 class SO3(AbstractLieGroup):
     """3-D rotation as a unit quaternion ``params = (w, x, y, z)``; tangent = rotation vector.
 
@@ -205,14 +211,22 @@ class SO3(AbstractLieGroup):
     def as_rpy(self) -> tuple[Array, Array, Array]:
         """``(roll, pitch, yaw)`` with ``R = Rz(yaw) Ry(pitch) Rx(roll)``; pitch in ``[-π/2, π/2]``.
 
-        At gimbal lock (``|pitch| = π/2``) roll and yaw are not unique; the gradient is not finite
-        there.
+        ``from_rpy(*x.as_rpy())`` reproduces ``x`` to rounding everywhere, gimbal lock included.
+        At gimbal lock (``|pitch| = π/2``) roll and yaw are not unique (only ``roll ∓ yaw`` is);
+        the gradient is not finite there.
         """
         w, x, y, z = (self.params[..., i] for i in range(4))
-        roll = jnp.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
-        pitch = jnp.arcsin(jnp.clip(2 * (w * y - z * x), -1.0, 1.0))
-        yaw = jnp.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-        return roll, pitch, yaw
+        # q = q_z(yaw) q_y(pitch) q_x(roll) factors into half-angle sums and differences:
+        #   (w + y, z - x) = a (cos, sin)((yaw - roll) / 2),
+        #   (w - y, z + x) = b (cos, sin)((yaw + roll) / 2),
+        # a = √(1 + sin pitch), b = √(1 - sin pitch). Reading the angles off these stays exact
+        # near gimbal lock, where atan2 of matrix entries and arcsin lose all precision.
+        a = jnp.hypot(w + y, z - x)
+        b = jnp.hypot(w - y, z + x)
+        pitch = jnp.arctan2(2 * (w * y - x * z), a * b)  # cos pitch = a b
+        half_diff = jnp.arctan2(z - x, w + y)
+        half_sum = jnp.arctan2(z + x, w - y)
+        return _wrap_angle(half_sum - half_diff), pitch, _wrap_angle(half_sum + half_diff)
 
     @classmethod
     def from_x_radians(cls, theta) -> SO3:

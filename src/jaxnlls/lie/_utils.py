@@ -466,7 +466,8 @@ def quat_from_matrix_projected(m: Float[Array, "*b 3 3"]) -> Float[Array, "*b 4"
     Maximizes ``tr(Rᵀ M) = qᵀ K q`` over unit ``q`` (Davenport / Bar-Itzhack): the top
     eigenvector of the symmetric 4×4 ``K``. This is the same projection as the SVD solution
     ``U diag(1, 1, det(U Vᵀ)) Vᵀ`` but, unlike SVD, stays differentiable at exactly orthogonal
-    inputs (the top eigenvalue is simple there).
+    inputs (the top eigenvalue is simple there). It has no derivative (NaN) where the nearest
+    rotation is not unique (repeated top eigenvalue: a zero or rank-1 matrix, ``diag(1, 1, -1)``).
     """
     m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
     m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
@@ -480,9 +481,32 @@ def quat_from_matrix_projected(m: Float[Array, "*b 3 3"]) -> Float[Array, "*b 4"
         ],
         -2,
     )
-    _, vecs = jnp.linalg.eigh(k)
-    q = vecs[..., :, -1]
+    q = _top_eigvec(k)
     return jnp.where(q[..., :1] < 0, -q, q)
+
+
+@jax.custom_jvp
+def _top_eigvec(k: Float[Array, "*b 4 4"]) -> Float[Array, "*b 4"]:
+    """Unit eigenvector of the largest eigenvalue of the symmetric ``k``."""
+    return jnp.linalg.eigh(k)[1][..., :, -1]
+
+
+@_top_eigvec.defjvp
+def _top_eigvec_jvp(primals, tangents):
+    # ``eigh``'s own rule divides by the gaps between ALL eigenvalue pairs: for a rotation the
+    # three lower eigenvalues of K are equal, so reverse mode gives 0 · inf = NaN. The top
+    # eigenvector only needs the gap below λ: (λI - K) dv = (I - v vᵀ) dK v with vᵀ dv = 0,
+    # solved as (λI - K + v vᵀ) dv = ... (invertible iff λ is simple). Written in terms of
+    # ``_top_eigvec`` itself, so higher derivatives avoid ``eigh``'s rule too.
+    (k,), (dk,) = primals, tangents
+    v = _top_eigvec(k)
+    kv = jnp.einsum("...ij,...j->...i", k, v)
+    dkv = jnp.einsum("...ij,...j->...i", dk, v)
+    lam = jnp.sum(v * kv, axis=-1)
+    rhs = dkv - jnp.sum(v * dkv, axis=-1, keepdims=True) * v
+    eye = jnp.eye(4, dtype=k.dtype)
+    a = lam[..., None, None] * eye - k + v[..., :, None] * v[..., None, :]
+    return v, jnp.linalg.solve(a, rhs[..., None])[..., 0]
 
 
 def quat_retract_jac(q: Array) -> Array:
