@@ -15,7 +15,8 @@ Reported: problems/s = B / median solve time (jit, compile apart, ``block_until_
 problems, each vmapped and iterated to convergence while its working set stays in cache.
 
 Rows ``*_analytic`` pass the Jacobian in closed form (``solve(jac=...)``, SE(2) ``Jr⁻¹`` and
-adjoint) instead of autodiff.
+adjoint) instead of autodiff; ``*_analytic_sparsity`` pass the pattern too, which forms ``JᵀJ``
+from the colored columns as for the ``*_sparsity`` rows.
 
 A last row solves the same problems as a ``jaxnlls.FactorGraph`` (``between`` and ``prior``
 factors with analytic Jacobians, graph-default LM) under ``vmap``; ``--no-graph`` skips it.
@@ -150,7 +151,8 @@ def make_jacobian(edges):
 def run_jaxnlls(method: str, batch: int, repeats: int, jac: str = "autodiff",
                 chunk: int = 0) -> dict:
     """``jaxnlls.solve`` under ``vmap``; ``jac``: "autodiff" (30 JVPs), "sparsity"
-    (``jac_sparsity``, 6 JVPs) or "analytic" (``jac=`` the closed form above)."""
+    (``jac_sparsity``, 6 JVPs), "analytic" (``jac=`` the closed form above) or
+    "analytic_sparsity" (both)."""
     edges, meas, init, prior = make_pgo2d(batch)
     residual = make_residual(edges)
     options = {}
@@ -158,6 +160,9 @@ def run_jaxnlls(method: str, batch: int, repeats: int, jac: str = "autodiff",
         options["jac_sparsity"] = jaxnlls.JacobianSparsity(jacobian_pattern(edges))
     elif jac == "analytic":
         options["jac"] = make_jacobian(edges)
+    elif jac == "analytic_sparsity":
+        options["jac"] = make_jacobian(edges)
+        options["jac_sparsity"] = jaxnlls.JacobianSparsity(jacobian_pattern(edges))
     solver = (jaxnlls.GaussNewton(rtol=1e-8, atol=1e-8) if method == "gn"
               else jaxnlls.LevenbergMarquardt(rtol=1e-8, atol=1e-8))
 
@@ -258,7 +263,8 @@ def main() -> None:
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     rows = [run_jaxnlls(m, args.batch, args.repeats, jac)
-            for jac in ("autodiff", "sparsity", "analytic") for m in ("gn", "lm")]
+            for jac in ("autodiff", "sparsity", "analytic", "analytic_sparsity")
+            for m in ("gn", "lm")]
     if args.chunk:
         rows.append(run_jaxnlls("gn", args.batch, args.repeats, "sparsity", args.chunk))
     if not args.no_graph:

@@ -232,6 +232,48 @@ def test_se2_graphs_with_analytic_jacobian_vmap_equals_loop(tol):
                                    rtol=tol.rtol, atol=tol.atol)
 
 
+def _se2_pattern(n_edges=7, n_poses=6):
+    edges = [(i, (i + 1) % n_poses) for i in range(n_poses)] + [(0, n_poses // 2)]
+    pat = np.zeros((3 * n_edges + 5, 2 + 3 * n_poses), bool)
+    for k, (i, j) in enumerate(edges):
+        pat[3 * k:3 * k + 3, 2 + 3 * i:5 + 3 * i] = True
+        pat[3 * k:3 * k + 3, 2 + 3 * j:5 + 3 * j] = True
+    r0 = 3 * n_edges
+    pat[r0:r0 + 2, 5:8] = True
+    pat[r0:r0 + 2, 0:2] = True
+    pat[r0 + 2:, 2:5] = True
+    return pat
+
+
+def test_analytic_jacobian_with_sparsity_forms_the_same_normal_equations(tol):
+    """With both, ``JᵀJ`` and ``Jᵀr`` come from the colored columns of the analytic J: equal to
+    the dense products, and the solve takes the analytic path's steps to its solution."""
+    from jaxnlls._linearize import make_dense_problem
+
+    residual, jac, x0, params = _se2_graph()
+    sp = jaxnlls.JacobianSparsity(_se2_pattern())
+    J = np.asarray(jac(x0, params))
+    pick, keep = sp.compression_picks()
+    np.testing.assert_array_equal(J.reshape(-1)[pick] * keep, sp.seeds() @ J.T)
+
+    def call_jac(x, inputs):
+        return jac(x, inputs)
+
+    prob = make_dense_problem(residual, x0, params, matrix=True, sparsity=sp, jac_call=call_jac)
+    lin = prob.linearize(x0)
+    r = np.asarray(prob.residual(x0))
+    np.testing.assert_allclose(lin.gram(), J.T @ J, rtol=tol.rtol, atol=tol.atol)
+    np.testing.assert_allclose(lin.jtr, J.T @ r, rtol=tol.rtol, atol=tol.atol)
+
+    solver = jaxnlls.GaussNewton(rtol=1e-10, atol=1e-10)
+    dense = jaxnlls.solve(residual, x0, params, solver=solver, jac=jac)
+    both = jaxnlls.solve(residual, x0, params, solver=solver, jac=jac, jac_sparsity=sp)
+    assert int(both.result) == jaxnlls.RESULTS.successful
+    assert int(both.stats.steps) == int(dense.stats.steps)
+    np.testing.assert_allclose(both.value["pose"].params, dense.value["pose"].params,
+                               rtol=tol.rtol, atol=tol.atol)
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
@@ -268,10 +310,8 @@ def test_jac_that_is_neither_a_mode_nor_a_function_is_rejected(bad):
         jaxnlls.solve(residual, x0, y, jac=bad)
 
 
-def test_analytic_jacobian_conflicts_are_rejected():
+def test_analytic_jacobian_with_a_matrix_free_solver_is_rejected():
     residual, jac, x0, y = _curve()
-    with pytest.raises(ValueError, match="either an analytic jac or jac_sparsity"):
-        jaxnlls.solve(residual, x0, y, jac=jac, jac_sparsity=np.ones((25, 3), bool))
     with pytest.raises(ValueError, match="analytic jac needs a materialized Jacobian"):
         jaxnlls.solve(residual, x0, y, jac=jac,
                       solver=jaxnlls.LevenbergMarquardt(linear_solver=jaxnlls.CG()))

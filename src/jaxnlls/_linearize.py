@@ -87,7 +87,16 @@ class DenseProblem(eqx.Module):
             return MatrixFreeLinearization(f(d0), x, dyn, self.flat_split, self.n)
         if self.jac_call is not None:
             r = self.residual(x)
-            return DenseLinearization(r, jnp.transpose(self.jac_call(x, self.inputs)))
+            jac = self.jac_call(x, self.inputs)
+            if self.sparsity is None:
+                return DenseLinearization(r, jnp.transpose(jac))
+            # compress by static picks: row i of color c holds J[i, the column of color c in
+            # row i] (at most one, by the coloring), then the structured normal equations
+            sp = self.sparsity
+            pick, keep = sp.compression_picks()
+            compressed = jnp.take(jac.reshape(-1), jnp.asarray(pick)) * jnp.asarray(keep, dtype)
+            gram, jtr = _normal_equations(sp, compressed, r)
+            return DenseLinearization(r, jnp.transpose(jac), gram, jtr)
         mode = self.jac
         if self.sparsity is not None:
             mode = "fwd"

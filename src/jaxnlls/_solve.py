@@ -212,8 +212,9 @@ def solve(
             residual; columns: the flattened tangent of ``init``), as in SciPy's
             ``least_squares``; a :class:`jaxnlls.JacobianSparsity` is accepted too. Columns that
             share no row are probed by one JVP (greedy coloring), so a pose graph needs a few
-            JVPs instead of one per unknown. The pattern must cover every nonzero: entries it
-            marks zero are taken as zero, unchecked.
+            JVPs instead of one per unknown, and ``JᵀJ`` is formed from those colored columns.
+            With an analytic ``jac`` the pattern only serves ``JᵀJ``. The pattern must cover
+            every nonzero: entries it marks zero are taken as zero, unchecked.
 
     Returns:
         A :class:`Solution` with ``value``, ``result``, ``stats`` and ``aux``.
@@ -247,8 +248,6 @@ def solve(
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"solve: adjoint must be a jaxnlls adjoint; got {type(adjoint).__name__}")
     if callable(jac):
-        if jac_sparsity is not None:
-            raise ValueError("solve: give either an analytic jac or jac_sparsity, not both")
         if not solver.linear_solver.needs_matrix:
             raise ValueError(
                 "solve: an analytic jac needs a materialized Jacobian; the matrix-free linear "

@@ -69,6 +69,18 @@ class JacobianSparsity:
         s[self.colors, np.arange(self.pattern.shape[1])] = 1.0
         return s
 
+    def compression_picks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pick, keep)``, both ``(n_colors, m)``: the compressed Jacobian (one column sum
+        per color) is ``J.ravel()[pick] * keep`` for a dense ``(m, n)`` ``J``, since each row
+        has at most one column of each color; ``keep`` is 0 where it has none."""
+        m, n = self.pattern.shape
+        pick = np.zeros((self.n_colors, m), np.int32)
+        keep = np.zeros((self.n_colors, m), bool)
+        rows, cols = np.nonzero(self.pattern)
+        pick[self.colors[cols], rows] = rows * n + cols
+        keep[self.colors[cols], rows] = True
+        return pick, keep
+
     def normal_equations_plan(self) -> NormalEquationsPlan:
         """The static index structure that forms ``JᵀJ`` and ``Jᵀr`` from compressed columns
         (built once per pattern, on first use)."""
