@@ -132,3 +132,42 @@ def test_vmap_reports_per_member():
     res = jax.vmap(lambda a, b: jaxnlls.solve(_res, a, b, throw=False).result)(x0, p)
     np.testing.assert_array_equal(
         res, [jaxnlls.RESULTS.successful, jaxnlls.RESULTS.nonfinite_input, jaxnlls.RESULTS.successful])
+
+
+# the cost's minimum over the residual's domain lies on its boundary (x = 0.5, x = 0), where the
+# gradient is 1.5 and 1/(2 sqrt(x)) + 1/2 > 0: no stationary point, so no success either
+def _nan_beyond_half(x, p):
+    return jnp.where(x > 0.5, jnp.nan, x - p)
+
+
+def _sqrt_wall(x, p):
+    return jnp.sqrt(x) + p
+
+
+@pytest.mark.parametrize(
+    "solver", [jaxnlls.GaussNewton(), jaxnlls.LevenbergMarquardt(), jaxnlls.Dogleg()],
+    ids=lambda s: type(s).__name__,
+)
+def test_stopping_at_nonfinite_wall_is_reported(solver):
+    """LM and dogleg shrink their steps after non-finite trials; stopping there used to be
+    reported as success at a point whose gradient is far from zero."""
+    x0 = jnp.asarray([[0.0], [4.0], [3.0]])
+    p = jnp.asarray([2.0, 1.0, -5.0])
+    fns = (_nan_beyond_half, _sqrt_wall, lambda x, p: jnp.log(x) - p)
+
+    def one(i, x, p):
+        return jax.lax.switch(i, [lambda x, p, f=f: jaxnlls.solve(
+            f, x, p, solver=solver, throw=False) for f in fns], x, p)
+
+    sols = jax.jit(jax.vmap(one))(jnp.arange(3), x0, p)
+    bad = jaxnlls.RESULTS.nonfinite_residual
+    np.testing.assert_array_equal(sols.result[:2], [bad, bad])
+    # log(x) = -5 from x = 3: GN's first step crosses 0 (reported); LM and dogleg recover
+    # from that non-finite trial and reach x = e^-5
+    if isinstance(solver, jaxnlls.GaussNewton):
+        assert int(sols.result[2]) == bad
+    else:
+        assert int(sols.result[2]) == jaxnlls.RESULTS.successful
+        np.testing.assert_allclose(sols.value[2], np.exp(-5.0), rtol=1e-5)
+    with pytest.raises(Exception, match="residual became non-finite"):
+        jaxnlls.solve(_sqrt_wall, jnp.asarray([4.0]), jnp.asarray(1.0), solver=solver)

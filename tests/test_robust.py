@@ -411,6 +411,39 @@ def test_per_block_scales():
         np.testing.assert_allclose(cost, ref_cost, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", SCALED)
+def test_nonpositive_scale_rejected(name):
+    """A zero, negative or non-finite scale used to give NaN (Huber, Cauchy, Fair), all-zero
+    residuals (a zero cost for any x) or silently act as |scale|; now it is an error."""
+    for bad in (0.0, -SCALE, np.nan, np.inf, [SCALE, 0.0]):
+        with pytest.raises(ValueError, match=r"scale must be positive and finite"):
+            _make(name, jnp.asarray(bad))
+    with pytest.raises(ValueError, match=r"scale must be positive"):
+        _make(name).with_scale(0.0)
+    with pytest.raises(ValueError, match=r"GNCTruncatedLS: mu must be positive"):
+        GNCTruncatedLS(SCALE, 0.0)
+    # traced scales cannot be checked and still work under jit / vmap
+    s = jnp.asarray([0.5, 9.0])
+    out = jax.jit(jax.vmap(lambda c: _make(name, c).rho(s)))(jnp.asarray([SCALE, 2 * SCALE]))
+    np.testing.assert_allclose(out[1], _ref_rho(name, np.asarray(s), 2 * SCALE), rtol=1e-5)
+
+
+def test_batched_scale_must_not_enlarge_residual():
+    """A scale of shape (n, 1) for n blocks used to broadcast r' to (n, n, d) without a word
+    (with numpy's default rank promotion): n^2 blocks, and a different optimum."""
+    r = jnp.asarray(np.random.default_rng(6).normal(size=(5, 2)))
+    with jax.numpy_rank_promotion("allow"):
+        for shape, block_ndim in (((5, 1), 1), ((3,), 1), ((5, 2, 1), 0)):
+            with pytest.raises(ValueError, match=r"Cauchy: scale has shape"):
+                Cauchy(jnp.full(shape, SCALE)).apply(r, block_ndim=block_ndim)
+        # shapes that broadcast to the blocks keep r's shape: one scale per column of scalars
+        cols = np.asarray([0.5, 2.0])
+        out = Cauchy(jnp.asarray(cols)).apply(r, block_ndim=0)
+    assert out.shape == r.shape
+    s = np.asarray(r) ** 2
+    np.testing.assert_allclose(np.asarray(out) ** 2, _ref_rho("Cauchy", s, cols), rtol=1e-6)
+
+
 def test_apply_errors():
     with pytest.raises(ValueError, match="block_ndim=2"):
         Huber().apply(jnp.ones(3), block_ndim=2)
@@ -799,6 +832,33 @@ def test_weights_shape_errors():
         weights.whiten(jnp.ones(3), jnp.eye(3))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating"):
         weights.whiten_scalar(jnp.ones(3, jnp.int32), 1.0)
+
+
+def test_weights_bad_values_rejected():
+    """sigma = 0 used to give sqrt_info = inf (whitened residuals inf, or NaN where r = 0), a
+    negative sigma a silently sign-flipped weight, and a non-SPD covariance a NaN square root;
+    concrete bad values now raise. Zero sqrt_info is allowed: zero information."""
+    for cls, sigma in ((weights.ScalarWeight, 0.0), (weights.DiagonalWeight, [1.0, 0.0])):
+        for bad in (sigma, -1.0 * np.asarray(sigma) - 1.0, np.nan):
+            with pytest.raises(ValueError, match=r"from_sigma: sigma must be positive and finite"):
+                cls.from_sigma(jnp.asarray(bad))
+    with pytest.raises(ValueError, match="ScalarWeight: sqrt_info has non-finite"):
+        weights.ScalarWeight(jnp.asarray([1.0, np.inf]))
+    with pytest.raises(ValueError, match="SqrtInfoWeight: sqrt_info has non-finite"):
+        weights.SqrtInfoWeight(jnp.asarray([[1.0, np.nan], [0.0, 1.0]]))
+    not_spd = jnp.asarray([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1
+    for tri in ("upper", "lower"):
+        with pytest.raises(ValueError, match="covariance is not positive definite"):
+            weights.sqrt_info_from_covariance(not_spd, triangle=tri)
+        with pytest.raises(ValueError, match="information is not positive definite"):
+            weights.SqrtInfoWeight.from_information(not_spd, triangle=tri)
+    # zero information ignores a block: its whitened residual and cost are exactly zero
+    r = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
+    out = weights.whiten(r, weights.ScalarWeight(jnp.asarray([0.0, 2.0])))
+    np.testing.assert_array_equal(out, [[0.0, 0.0], [6.0, 8.0]])
+    # traced values are not checked (and positive ones work under jit)
+    w = jax.jit(lambda s: weights.ScalarWeight.from_sigma(s).whiten(r))(jnp.asarray(0.5))
+    np.testing.assert_allclose(w, 2 * r)
 
 
 def test_robust_module_exports():

@@ -43,6 +43,7 @@ class LoopState(eqx.Module):
     done: jax.Array
     result: jax.Array
     initial_cost: jax.Array
+    wall: jax.Array  # a non-finite trial since the last accepted step larger than tolerance
 
 
 def gradient(lin) -> jax.Array:
@@ -73,7 +74,7 @@ def state_at(problem, x, lin, solver: AbstractSolver, inputs_finite) -> LoopStat
     zero = jnp.asarray(0, jnp.int32)
     return LoopState(
         x, _compactor(solver)(lin), cost, grad, aux, zero, zero,
-        result != RESULTS.successful, result, cost,
+        result != RESULTS.successful, result, cost, jnp.asarray(False),
     )
 
 
@@ -157,8 +158,13 @@ def judge(
         converged = jnp.where(accept, cost_small & (step_small | model_small), step_small)
     else:
         converged = jnp.where(accept, step_small & cost_small, step_small)
-    converged = converged | (jnp.max(jnp.abs(new_grad)) <= solver.gtol)
-    failed = (~finite) & solver.stop_on_nonfinite
+    grad_small = jnp.max(jnp.abs(new_grad)) <= solver.gtol
+    converged = converged | grad_small
+    # LM and dogleg shrink their steps after a non-finite trial; when they then stop on a
+    # small step with no larger accepted step since, they stopped at a NaN/inf wall of the
+    # residual, not at a stationary point: report it rather than success.
+    wall = (state.wall | ~finite) & ~(accept & ~step_small)
+    failed = (~finite) & solver.stop_on_nonfinite | (wall & converged & ~grad_small)
     result = jnp.where(failed, RESULTS.nonfinite_residual, state.result).astype(jnp.int32)
     new = LoopState(
         x,
@@ -171,6 +177,7 @@ def judge(
         converged | failed,
         result,
         state.initial_cost,
+        wall,
     )
     if log:
         log_step(solver, new, delta, accept)

@@ -27,7 +27,8 @@ class RESULTS:
         1: "the solver reached max_steps without converging; its value is not a stationary "
         "point, so gradients through it are not trustworthy (raise max_steps or loosen rtol/atol)",
         2: "non-finite (NaN or inf) value in `init` or `params`",
-        3: "the residual became non-finite (NaN or inf) at the initial point or every trial step",
+        3: "the residual became non-finite (NaN or inf) at the initial point or every trial step "
+        "(the solver stopped against a NaN/inf region of the residual, not at a stationary point)",
         4: "the problem is rank deficient: J^T J is singular at the solution, so the minimizer is not "
         "unique (the returned value is finite, but implicit gradients are not defined); add a prior "
         "or regularization, or pass throw=False to accept it",

@@ -87,6 +87,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
@@ -144,6 +145,34 @@ def _stop_gradient_tree(tree):
     return jax.tree.map(lambda a: lax.stop_gradient(a) if eqx.is_array(a) else a, tree)
 
 
+def _check_positive(owner: str, name: str, value) -> None:
+    """Reject a concrete non-positive or non-finite kernel parameter (traced ones pass)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    v = np.asarray(value)
+    if v.size and not np.all(np.isfinite(v) & (v > 0)):
+        raise ValueError(f"{owner}: {name} must be positive and finite, got {v}")
+
+
+def _scale_like(owner: str, name: str, value, s: Array) -> Array:
+    """``value`` (a scalar or one per block) cast to ``s``'s dtype and broadcast to its shape.
+
+    A shape that would broadcast ``s`` to a larger shape is an error: it would silently
+    create extra residual blocks (e.g. scale ``(n, 1)`` against ``n`` blocks gives ``n × n``).
+    """
+    c = jnp.asarray(value).astype(s.dtype)
+    try:
+        ok = jnp.broadcast_shapes(c.shape, s.shape) == s.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{owner}: {name} has shape {c.shape}, which does not broadcast to the residual's "
+            f"block (batch) shape {s.shape}; use a scalar or one value per block"
+        )
+    return jnp.broadcast_to(c, s.shape)
+
+
 def _safe_sqrt(s: Array) -> Array:
     """``sqrt(s)`` with a zero (not infinite) derivative at ``s = 0``."""
     pos = s > 0
@@ -187,13 +216,14 @@ class AbstractRobustLoss(eqx.Module):
                 ``r[..., None]`` with ``block_ndim=1``).
 
         A batched ``scale`` (one per block) must have the shape of ``r``'s batch axes (or
-        broadcast to it with equal rank); a scalar scale applies to every block.
+        broadcast to it without enlarging it); a scalar scale applies to every block.
 
         Returns:
             An array of the same shape and dtype as ``r``.
 
         Raises:
-            ValueError: ``r`` has fewer than ``block_ndim`` axes.
+            ValueError: ``r`` has fewer than ``block_ndim`` axes, or a batched ``scale`` does
+                not broadcast to its batch axes.
             TypeError: ``r`` is not floating point.
 
         Differentiability:
@@ -231,19 +261,25 @@ class AbstractScaledLoss(AbstractRobustLoss):
 
     ``scale`` is stored as a JAX array (Python floats are converted), so it is a pytree leaf:
     it can be vmapped over, passed through ``jaxnlls.solve`` as part of ``params``, and
-    differentiated. It must be positive (not checked: it may be traced).
+    differentiated. It must be positive and finite: a concrete value that is not raises
+    ``ValueError`` at construction (a traced one cannot be checked). A batched scale must
+    broadcast to the shape of ``s`` (one value per block) without enlarging it.
     """
 
     scale: eqx.AbstractVar[Float[Array, "*scale_batch"]]
 
+    def __check_init__(self):
+        _check_positive(type(self).__name__, "scale", self.scale)
+
     def with_scale(self, scale: Float[ArrayLike, "*scale_batch"]) -> AbstractScaledLoss:
         """A copy of this kernel with ``scale`` replaced (used by graduated non-convexity)."""
+        _check_positive(type(self).__name__, "scale", scale)
         return eqx.tree_at(lambda loss: loss.scale, self, jnp.asarray(scale))
 
     def _x(self, s: Float[ArrayLike, "*shape"]) -> tuple[Array, Array, Array]:
         s = jnp.asarray(s)
-        dtype = _float_dtype(s)
-        c2 = jnp.square(jnp.asarray(self.scale).astype(dtype))
+        _float_dtype(s)
+        c2 = jnp.square(_scale_like(type(self).__name__, "scale", self.scale, s))
         return s, c2, s / c2
 
 
@@ -497,9 +533,12 @@ class GNCTruncatedLS(AbstractScaledLoss):
     scale: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
     mu: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
 
+    def __check_init__(self):
+        _check_positive("GNCTruncatedLS", "mu", self.mu)
+
     def _regions(self, s):
         s, c2, x = self._x(s)
-        mu = jnp.asarray(self.mu).astype(s.dtype)
+        mu = _scale_like("GNCTruncatedLS", "mu", self.mu, s)
         x1 = mu / (mu + 1.0)
         x2 = (mu + 1.0) / mu
         inner = x <= x1

@@ -41,7 +41,9 @@ import abc
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
@@ -68,6 +70,24 @@ def _as_float(name: str, a) -> Array:
     if not jnp.issubdtype(a.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     return a
+
+
+def _concrete(a) -> np.ndarray | None:
+    """``a`` as a numpy array, or None when it is traced (and so cannot be checked)."""
+    return None if isinstance(a, jax.core.Tracer) else np.asarray(a)
+
+
+def _check_finite(fn: str, name: str, a, why: str = "") -> None:
+    v = _concrete(a)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{fn}: {name} has non-finite entries{why}")
+
+
+def _check_sigma(fn: str, sigma) -> None:
+    v = _concrete(sigma)
+    if v is not None and not np.all(np.isfinite(v) & (v > 0)):
+        # sqrt_info = 1/sigma would be inf (sigma = 0) or silently flip sign (sigma < 0)
+        raise ValueError(f"{fn}: sigma must be positive and finite, got {v}")
 
 
 def _check_residual(fn: str, r: Array) -> None:
@@ -209,7 +229,8 @@ def sqrt_info_from_information(
         ValueError: ``information`` is not ``(..., d, d)``; bad ``triangle``.
 
     Only the lower triangle of ``information`` is read (as in ``jnp.linalg.cholesky``). A
-    matrix that is not positive definite gives NaNs (traced values cannot be checked).
+    concrete matrix that is not positive definite raises ``ValueError``; a traced one gives
+    NaNs (it cannot be checked).
 
     Differentiability:
         Differentiable in ``information`` (through the Cholesky factorization).
@@ -218,12 +239,15 @@ def sqrt_info_from_information(
     info = _as_float("information", information)
     _check_square(fn, "information", info)
     if triangle == "upper":
-        return jnp.swapaxes(jnp.linalg.cholesky(info), -1, -2)
-    if triangle == "lower":
+        R = jnp.swapaxes(jnp.linalg.cholesky(info), -1, -2)
+    elif triangle == "lower":
         # flip(Λ) = C Cᵀ  =>  Λ = flip(C) flip(C)ᵀ with flip(C) upper, so R = flip(C)ᵀ is lower.
         C = jnp.linalg.cholesky(_flip(info))
-        return jnp.swapaxes(_flip(C), -1, -2)
-    raise ValueError(f"{fn}: triangle must be 'upper' or 'lower', got {triangle!r}")
+        R = jnp.swapaxes(_flip(C), -1, -2)
+    else:
+        raise ValueError(f"{fn}: triangle must be 'upper' or 'lower', got {triangle!r}")
+    _check_finite(fn, "the square root", R, " (information is not positive definite)")
+    return R
 
 
 def sqrt_info_from_covariance(
@@ -243,7 +267,8 @@ def sqrt_info_from_covariance(
             $\Sigma = C C^\top$ the lower Cholesky factorization.
 
     Raises:
-        ValueError: ``covariance`` is not ``(..., d, d)``; bad ``triangle``.
+        ValueError: ``covariance`` is not ``(..., d, d)``; bad ``triangle``; a concrete
+            ``covariance`` is not positive definite (a traced one gives NaNs).
 
     Differentiability:
         Differentiable in ``covariance``.
@@ -254,13 +279,16 @@ def sqrt_info_from_covariance(
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
     if triangle == "lower":
         C = jnp.linalg.cholesky(cov)
-        return solve_triangular(C, eye, lower=True)
-    if triangle == "upper":
+        R = solve_triangular(C, eye, lower=True)
+    elif triangle == "upper":
         # flip(Σ) = C Cᵀ  =>  Σ = V Vᵀ with V = flip(C) upper; R = V⁻¹ is upper and
         # Rᵀ R = V⁻ᵀ V⁻¹ = Σ⁻¹.
         V = _flip(jnp.linalg.cholesky(_flip(cov)))
-        return solve_triangular(V, eye, lower=False)
-    raise ValueError(f"{fn}: triangle must be 'upper' or 'lower', got {triangle!r}")
+        R = solve_triangular(V, eye, lower=False)
+    else:
+        raise ValueError(f"{fn}: triangle must be 'upper' or 'lower', got {triangle!r}")
+    _check_finite(fn, "the square root", R, " (covariance is not positive definite)")
+    return R
 
 
 # --------------------------------------------------------------------------------------
@@ -282,14 +310,20 @@ class AbstractWeight(eqx.Module):
 class ScalarWeight(AbstractWeight):
     r"""One scalar square-root information per block (isotropic noise $\sigma I$, $w = 1/\sigma$).
 
-    ``sqrt_info`` is traced: batch it, vmap it, differentiate it.
+    ``sqrt_info`` is traced: batch it, vmap it, differentiate it. A zero entry gives its
+    block zero information (the block is ignored); a concrete non-finite one raises
+    ``ValueError``.
     """
 
     sqrt_info: Float[Array, "*wbatch"] = eqx.field(converter=jnp.asarray)
 
+    def __check_init__(self):
+        _check_finite("ScalarWeight", "sqrt_info", self.sqrt_info)
+
     @classmethod
     def from_sigma(cls, sigma: Float[ArrayLike, "*wbatch"]) -> ScalarWeight:
-        """Weight for isotropic standard deviation ``sigma`` (``sqrt_info = 1/sigma``)."""
+        """Weight for isotropic standard deviation ``sigma > 0`` (``sqrt_info = 1/sigma``)."""
+        _check_sigma("ScalarWeight.from_sigma", sigma)
         return cls(1.0 / jnp.asarray(sigma))
 
     def whiten(self, r):
@@ -312,10 +346,12 @@ class DiagonalWeight(AbstractWeight):
                 f"DiagonalWeight: sqrt_info has shape {jnp.shape(self.sqrt_info)}; expected "
                 "(..., d) (use ScalarWeight for one scalar per block)"
             )
+        _check_finite("DiagonalWeight", "sqrt_info", self.sqrt_info)
 
     @classmethod
     def from_sigma(cls, sigma: Float[ArrayLike, "*wbatch d"]) -> DiagonalWeight:
-        """Weight for per-component standard deviations ``sigma``."""
+        """Weight for per-component standard deviations ``sigma > 0``."""
+        _check_sigma("DiagonalWeight.from_sigma", sigma)
         return cls(1.0 / jnp.asarray(sigma))
 
     def whiten(self, r):
@@ -339,6 +375,7 @@ class SqrtInfoWeight(AbstractWeight):
 
     def __check_init__(self):
         _check_square("SqrtInfoWeight", "sqrt_info", self.sqrt_info)
+        _check_finite("SqrtInfoWeight", "sqrt_info", self.sqrt_info)
 
     @classmethod
     def from_information(
