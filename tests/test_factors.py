@@ -17,6 +17,7 @@ from jaxnlls.factors import (
     between_autodiff,
     point_to_plane,
     point_to_point,
+    prior,
     range2d,
     range_bearing2d,
 )
@@ -423,3 +424,65 @@ def test_cholmod_auto_choice_follows_fill():
     filled = _HostFactor(_banded_graph(201, [5, 11, 23, 47]).structure.layout, "auto")
     assert filled.backend == "cholmod" and filled.supernodal is None
     assert filled._batch_backend == "qdldl"
+
+
+# ----------------------------------------------------------------------------- bad input
+class _Pose2(Var, group=SE2):
+    pass
+
+
+class _Pt(Var, dim=2):
+    pass
+
+
+@pytest.mark.parametrize(
+    "make, err, match",
+    [
+        (lambda dt: between(_Pose2(0), _Pose2(1), SE3.identity(dtype=dt), jnp.eye(3, dtype=dt)),
+         TypeError, r"in factor between: z is a SE3, expected a SE2 \(the group of a\)"),
+        # a (1,) weight broadcast and a (2, 3) matrix dropped a residual row, both silently
+        (lambda dt: between(_Pose2(0), _Pose2(1), SE2.identity(dtype=dt), jnp.ones(1, dt)),
+         ValueError, r"in factor between: sqrt_info has shape \(1,\); a 3-dim residual needs "
+         r"\(3, 3\), \(3,\) or \(\)"),
+        (lambda dt: between(_Pose2(0), _Pose2(1), SE2.identity(dtype=dt), jnp.ones((2, 3), dt)),
+         ValueError, r"in factor between: sqrt_info has shape \(2, 3\)"),
+        (lambda dt: prior(_Pose2(0), jnp.zeros(4, dt), jnp.eye(3, dtype=dt)), TypeError,
+         r"in factor prior: z is a array of shape \(4,\), expected a SE2 \(the group of x\)"),
+        (lambda dt: prior(_Pt(0), jnp.zeros(3, dt), jnp.eye(2, dtype=dt)), ValueError,
+         r"in factor prior: z has shape \(3,\), expected \(2,\) \(the shape of x\)"),
+        (lambda dt: point_to_point(_Pose2(0), jnp.ones(2, dt), jnp.ones(2, dt), jnp.ones(1, dt)),
+         ValueError, r"in factor point_to_point: sqrt_info has shape \(1,\); a 2-dim residual"),
+    ],
+    ids=["between_group", "between_L1", "between_L23", "prior_array", "prior_shape", "p2p_L1"],
+)
+def test_standard_factor_input_errors_name_factor_and_argument(make, err, match):
+    dt = _dt()
+    graph = FactorGraph.build([make(dt)], gauge=None)
+    init = graph.initial_values(dt)
+    with pytest.raises(err, match=match):
+        graph.linearize(init)
+
+
+def test_float64_measurements_follow_float32_poses(x64):
+    if not x64:
+        pytest.skip("needs float64 data next to float32 values")
+    z = SE2.from_xy_theta(jnp.ones(3), jnp.zeros(3), jnp.full(3, 0.1))  # float64 data
+    ia = np.arange(3)
+    pt = (z[0] @ z[0] @ z[0]).translation() + jnp.asarray([2.0, 0.0])  # zero residual
+    graph = FactorGraph.build([
+        between(_Pose2(ia), _Pose2(ia + 1), z, jnp.tile(jnp.eye(3) * 2, (3, 1, 1))),
+        range2d(_Pose2(3), _Pt(0), jnp.asarray(2.0), jnp.asarray(1.0)),
+        prior(_Pose2(0), SE2.identity(), jnp.ones(3)),
+        prior(_Pt(0), pt, jnp.ones(2)),
+    ])
+
+    def init(dt):
+        return VarValues.make({_Pose2(np.arange(4)): SE2.identity((4,), dt),
+                               _Pt(0): jnp.asarray([4.0, 1.0], dt)})
+
+    # was: "cond branches must have equal output types" from inside the solver loop
+    sol = graph.solve(init(jnp.float32))
+    ref = graph.solve(init(jnp.float64))
+    assert sol.value.get(_Pose2).dtype == jnp.float32
+    np.testing.assert_allclose(sol.value.get(_Pose2).params, ref.value.get(_Pose2).params,
+                               rtol=1e-4, atol=1e-4)

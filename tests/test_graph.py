@@ -650,3 +650,128 @@ def test_stop_on_small_decrease_is_gtsams_rule():
     np.testing.assert_array_equal(fast.value.get(Pose).params, cut[2].value.get(Pose).params)
     np.testing.assert_allclose(float(fast.stats.final_cost), float(strict.stats.final_cost),
                                rtol=rtol)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _lm_chain(f):
+    """Three ``Lm`` variables linked by two ``f`` factors, plus a prior on ``Lm(0)``."""
+    dt = _dtype()
+    factors = [f(Lm(np.array([0, 1])), Lm(np.array([1, 2])), jnp.ones((2, 2), dt)),
+               prior(Lm(0), jnp.zeros(2, dt), jnp.eye(2, dtype=dt))]
+    return FactorGraph.build(factors), VarValues.make({Lm(np.arange(3)): jnp.zeros((3, 2), dt)})
+
+
+def _diff(vals, a, b, z):
+    return vals[b] - vals[a] - z
+
+
+@pytest.mark.parametrize(
+    "kw, err, match",
+    [
+        # wrong shapes summing to the right width were read into the other Var's columns
+        ({"jacobian": lambda v, a, b, z: (jnp.ones((2, 3)), jnp.ones((2, 1)))}, ValueError,
+         r"factor myfac: Jacobian block 0 \(Var Lm\) has shape \(2, 3\), expected \(2, 2\)"),
+        ({"jacobian": lambda v, a, b, z: (jnp.ones((3, 2)), jnp.ones((3, 2)))}, ValueError,
+         r"factor myfac: Jacobian block 0 \(Var Lm\) has shape \(3, 2\), expected \(2, 2\)"),
+        ({"jacobian": lambda v, a, b, z: (jnp.ones(2), jnp.ones(2))}, ValueError,
+         r"factor myfac: Jacobian block 0 \(Var Lm\) has shape \(2,\), expected \(2, 2\)"),
+        ({"jacobian": lambda v, a, b, z: (-jnp.eye(2),)}, ValueError,
+         r"factor myfac: the analytic Jacobian has 1 blocks, expected 2"),
+        ({"jacobian": lambda v, a, b, z: jnp.ones((2, 4))}, TypeError,
+         r"factor myfac: the analytic Jacobian must be a tuple of 2 blocks.*shape \(2, 4\)"),
+        # a residual of another length than the residual function's was solved silently
+        ({"linearize": lambda v, a, b, z: (jnp.zeros(3), (-jnp.eye(2), jnp.eye(2)))},
+         ValueError, r"factor myfac: linearize= returned a residual of shape \(3,\), but the "
+         r"residual function returns \(2,\)"),
+        ({"linearize": lambda v, a, b, z: _diff(v, a, b, z)}, TypeError,
+         r"factor myfac: linearize= must return \(residual, blocks\)"),
+    ],
+    ids=["cols", "rows", "1d", "count", "array", "lin_residual", "lin_single"],
+)
+def test_analytic_jacobian_blocks_are_checked(kw, err, match):
+    graph, init = _lm_chain(factor(_diff, name="myfac", **kw))
+    with pytest.raises(err, match=match):
+        graph.linearize(init)
+
+
+@pytest.mark.parametrize(
+    "fn, err, match",
+    [
+        (lambda v, a, b, z: jnp.zeros(2, jnp.int32), TypeError,
+         "factor badfac returned a residual of dtype int32, expected float"),
+        (lambda v, a, b, z: jnp.zeros((0,)), TypeError, "factor badfac returned an empty residual"),
+        (lambda v, a, b, z: SE2.identity(), TypeError,
+         "factor badfac returned a manifold element"),
+        (lambda v, a, b, z: v[Lm(0)], KeyError, r"in factor badfac: Lm\(0\) is not an argument"),
+        (lambda v, a, b, z: v[a].inverse(), AttributeError, "in factor badfac: .*inverse"),
+    ],
+    ids=["int", "empty", "manifold", "foreign_var", "attribute"],
+)
+def test_user_residual_mistakes_name_the_factor(fn, err, match):
+    graph, init = _lm_chain(factor(fn, name="badfac"))
+    with pytest.raises(err, match=match):
+        graph.residual(init)
+
+
+def test_residual_wider_than_the_variables_is_named(x64):
+    if not x64:
+        pytest.skip("needs float64 data next to float32 values")
+    graph, _ = _lm_chain(factor(_diff, name="userf"))  # float64 data
+    init = VarValues.make({Lm(np.arange(3)): jnp.zeros((3, 2), jnp.float32)})
+    # was: "cond branches must have equal output types" from inside the solver loop
+    with pytest.raises(TypeError, match="factor userf returned a residual of dtype float64 but "
+                       "the variables have dtype float32"):
+        graph.solve(init)
+
+
+def test_solve_time_data_is_checked_against_the_graph():
+    graph, init, _ = small_graph(0, landmarks=0)
+    g = graph.group_index(between)
+    (a, b, z, L), loss = graph.data[g]
+
+    def with_between(args):
+        return graph.data[:g] + ((args, loss),) + graph.data[g + 1 :]
+
+    n = L.shape[0]
+    bad = with_between((a, b, z, L[:, :2, :2]))
+    with pytest.raises(ValueError, match=rf"factor between: data for sqrt_info has shape "
+                       rf"\({n}, 2, 2\), expected \({n}, 3, 3\)"):
+        graph.residual(init, bad)
+    with pytest.raises(ValueError, match=rf"factor between: data for z.params has shape "
+                       rf"\(2, 4\), expected \({n}, 4\)"):
+        graph.solve(init, with_between((a, b, SE2(z.params[:2]), L)))
+    with pytest.raises(ValueError, match="factor between: data has structure"):
+        graph.residual(init, with_between((a, b, z)))
+    with pytest.raises(ValueError, match="a tuple of 2 .* pairs"):
+        graph.residual(init, graph.data[:1])
+
+
+def test_build_and_ids_edge_cases():
+    empty = between(Pose(np.array([], int)), Pose(np.array([], int)), SE2.identity((0,)),
+                    jnp.zeros((0, 3, 3)))
+    with pytest.raises(ValueError, match="touch no variables"):  # was an IndexError
+        FactorGraph.build([empty])
+    one = between(Pose(0), Pose(1), SE2.identity(), jnp.eye(3))
+    with pytest.raises(KeyError, match=r"gauge Pose\(9\) is not a variable"):  # was IndexError
+        FactorGraph.build([one], gauge=Pose(9))
+    with pytest.raises(ValueError, match="does not fit in int64"):  # wrapped to a negative id
+        Pose(np.array([2**63 + 5], np.uint64))
+    with pytest.raises(TypeError, match="Lm: values must have a floating dtype, got int32"):
+        VarValues.make({Lm(np.arange(2)): jnp.zeros((2, 2), jnp.int32)})
+
+
+@pytest.mark.parametrize("ls", [SparseCholesky(), BlockJacobiPCG(), DenseCholesky()],
+                         ids=["sparse", "pcg", "dense"])
+def test_marginal_covariance_of_a_singular_graph_raises(ls):
+    if isinstance(ls, SparseCholesky):
+        pytest.importorskip("qdldl")
+    graph, init, _ = small_graph(0, landmarks=0, prior_on=False)  # gauge: Pose(0) held fixed
+    ia = np.arange(6)
+    z = SE2.from_xy_theta(*(jnp.full(6, v, _dtype()) for v in (1.0, 0.0, 0.1)))
+    free = FactorGraph.build([between(Pose(ia), Pose(ia + 1), z, jnp.ones((6, 3), _dtype()))],
+                             gauge=None)
+    # was a finite, meaningless matrix (the solvers' fallback for a singular JᵀJ)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="marginal_covariance: JᵀJ is singular"):
+        free.marginal_covariance(init, Pose(3), linear_solver=ls)
+    cov = graph.marginal_covariance(init, Pose(np.array([], int)), linear_solver=ls)
+    assert cov.shape == (0, 3, 3)  # was (0, 0)

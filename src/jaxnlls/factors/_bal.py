@@ -54,4 +54,4 @@ def bal_project(camera, X):
 def bal_reprojection(vals, camera, point, observed, weight):
     """Reprojection residual ``weight · (project(camera, point) - observed)`` (2-vector)."""
     cam, X = vals[camera], vals[point]
-    return weight * (bal_project(cam, X) - observed.astype(cam.dtype))
+    return jnp.asarray(weight, cam.dtype) * (bal_project(cam, X) - observed.astype(cam.dtype))

@@ -11,27 +11,50 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..graph import factor
+from ..lie import AbstractLieGroup
 from ..manifold import is_manifold
+
+
+def _check_sqrt_info(L, d: int) -> None:
+    # a (1,) weight would broadcast and a (k, d) matrix would silently drop residual rows
+    if L.shape not in ((), (d,), (d, d)):
+        raise ValueError(
+            f"sqrt_info has shape {L.shape}; a {d}-dim residual needs ({d}, {d}), ({d},) or ()"
+        )
 
 
 def _w(sqrt_info, r):
     """``L r`` for a matrix ``L``, or ``w r`` for a scalar / diagonal vector weight."""
     L = jnp.asarray(sqrt_info)
+    _check_sqrt_info(L, r.shape[0])
     if L.ndim == 2:
         return L.astype(r.dtype) @ r
     return L.astype(r.dtype) * r
+
+
+def _measured(z, x, var: str):
+    """The measurement ``z`` as an element of ``x``'s group, in ``x``'s dtype (float64 data
+    with float32 variables would otherwise promote the residual and break the solver loop)."""
+    if type(z) is not type(x):
+        got = type(z).__name__ if is_manifold(z) else f"array of shape {jnp.shape(z)}"
+        raise TypeError(f"z is a {got}, expected a {type(x).__name__} (the group of {var})")
+    if isinstance(z, AbstractLieGroup) and z.dtype != x.dtype:
+        z = type(z)(z.params.astype(x.dtype))
+    return z
 
 
 def _between_lin(vals, a, b, z, sqrt_info):
     """Residual and analytic blocks of ``L Log(z⁻¹ a⁻¹ b)``, sharing ``T = a⁻¹ b`` and ``e``:
     ``∂/∂δb = Jr⁻¹(e)``, ``∂/∂δa = -Jr⁻¹(e) Ad(T⁻¹)``."""
     xa, xb = vals[a], vals[b]
+    z = _measured(z, xa, "a")
     T = xa.inverse() @ xb
     e = (z.inverse() @ T).log()
     Jinv = type(xa).jac_right_inv(e)
     Jb = Jinv
     Ja = -Jinv @ T.inverse().adjoint()
     L = jnp.asarray(sqrt_info)
+    _check_sqrt_info(L, e.shape[0])
     if L.ndim == 2:
         Lc = L.astype(e.dtype)
         return Lc @ e, (Lc @ Ja, Lc @ Jb)
@@ -46,6 +69,7 @@ def _between_jac(vals, a, b, z, sqrt_info):
 
 def _between_res(vals, a, b, z, sqrt_info):
     xa, xb = vals[a], vals[b]
+    z = _measured(z, xa, "a")
     return _w(sqrt_info, (z.inverse() @ (xa.inverse() @ xb)).log())
 
 
@@ -71,14 +95,21 @@ def prior(vals, x, z, sqrt_info):
     Euclidean one (GTSAM ``PriorFactor``)."""
     v = vals[x]
     if is_manifold(v):
-        return _w(sqrt_info, (z.inverse() @ v).log())
-    return _w(sqrt_info, v - jnp.asarray(z, v.dtype))
+        return _w(sqrt_info, (_measured(z, v, "x").inverse() @ v).log())
+    return _w(sqrt_info, v - _measured_vec(z, v, "x"))
+
+
+def _measured_vec(z, x, var: str):
+    """A Euclidean measurement ``z`` of ``x``'s shape, in ``x``'s dtype."""
+    if jnp.shape(z) != x.shape:
+        raise ValueError(f"z has shape {jnp.shape(z)}, expected {x.shape} (the shape of {var})")
+    return jnp.asarray(z, x.dtype)
 
 
 @factor(name="between_euclidean", jac="fwd")
 def between_euclidean(vals, a, b, z, sqrt_info):
     """Relative-position factor for Euclidean variables: ``r = L · ((x_b - x_a) - z)``."""
-    return _w(sqrt_info, (vals[b] - vals[a]) - jnp.asarray(z, vals[a].dtype))
+    return _w(sqrt_info, (vals[b] - vals[a]) - _measured_vec(z, vals[a], "a"))
 
 
 @factor(name="point_to_point", jac="fwd")
@@ -95,7 +126,8 @@ def point_to_plane(vals, pose, p_src, p_dst, normal, weight):
     destination surface normal, ``weight`` a scalar ``1/σ``)."""
     x = vals[pose]
     d = (x @ p_src.astype(x.dtype)) - p_dst.astype(x.dtype)
-    return jnp.reshape(weight * jnp.sum(normal.astype(x.dtype) * d), (1,))
+    w = jnp.asarray(weight, x.dtype)  # data in the variables' dtype, as everywhere here
+    return jnp.reshape(w * jnp.sum(normal.astype(x.dtype) * d), (1,))
 
 
 def _landmark_in_pose(x, lm):
@@ -108,7 +140,8 @@ def range2d(vals, pose, landmark, measured, weight):
     x, lm = vals[pose], vals[landmark]
     diff = lm - x.translation()
     dist = jnp.sqrt(jnp.sum(diff * diff) + jnp.finfo(diff.dtype).tiny)
-    return jnp.reshape(weight * (dist - measured), (1,))
+    w, z = jnp.asarray(weight, dist.dtype), jnp.asarray(measured, dist.dtype)
+    return jnp.reshape(w * (dist - z), (1,))
 
 
 def _wrap(a):
@@ -119,7 +152,8 @@ def _wrap(a):
 def bearing2d(vals, pose, landmark, measured, weight):
     """2D bearing ``r = w · wrap(atan2(l_y, l_x) - z)`` of a landmark in the SE2 pose frame."""
     local = _landmark_in_pose(vals[pose], vals[landmark])
-    return jnp.reshape(weight * _wrap(jnp.arctan2(local[1], local[0]) - measured), (1,))
+    w, z = jnp.asarray(weight, local.dtype), jnp.asarray(measured, local.dtype)
+    return jnp.reshape(w * _wrap(jnp.arctan2(local[1], local[0]) - z), (1,))
 
 
 @factor(name="range_bearing2d", jac="fwd")
@@ -127,6 +161,7 @@ def range_bearing2d(vals, pose, landmark, bearing, range_, sqrt_info):
     """Combined 2D bearing-range ``r = L · (wrap(bearing_pred - bearing), range_pred - range)``
     (GTSAM ``BearingRangeFactor2D``; Victoria Park's LANDMARK lines)."""
     local = _landmark_in_pose(vals[pose], vals[landmark])
-    b = _wrap(jnp.arctan2(local[1], local[0]) - bearing)
-    rng = jnp.sqrt(jnp.sum(local * local) + jnp.finfo(local.dtype).tiny) - range_
+    b = _wrap(jnp.arctan2(local[1], local[0]) - jnp.asarray(bearing, local.dtype))
+    rng = jnp.sqrt(jnp.sum(local * local) + jnp.finfo(local.dtype).tiny)
+    rng = rng - jnp.asarray(range_, local.dtype)
     return _w(sqrt_info, jnp.stack([b, rng]))

@@ -426,13 +426,14 @@ class FactorGraph(eqx.Module):
         data = self.data if data is None else data
         ls = auto_linear_solver(self.structure) if linear_solver == "auto" else linear_solver
         cols = self.structure.columns_of(var)
-        key = tuple(cols.tolist()) if cols.ndim == 1 else tuple(tuple(c) for c in cols.tolist())
+        # static key: the shape too, so an empty id array keeps its (0, d, d) result shape
+        key = (cols.shape, tuple(cols.reshape(-1).tolist()))
         return _marginals(self, values, data, ls, key)
 
 
 @eqx.filter_jit
-def _marginals(graph, values, data, ls, cols):
-    cols = np.asarray(cols, np.int64)
+def _marginals(graph, values, data, ls, key):
+    cols = np.asarray(key[1], np.int64).reshape(key[0])
     structure = graph.structure
     lin = G.linearize(structure, G.values_to_tuple(structure, values), data)
     n = structure.tangent_size
@@ -441,6 +442,14 @@ def _marginals(graph, values, data, ls, cols):
     E = jnp.zeros((len(flat_cols), n), dtype).at[np.arange(len(flat_cols)), flat_cols].set(1.0)
     zeros = jnp.zeros(n, dtype)
     X = jax.vmap(lambda e: ls.solve(lin, zeros, e)[0])(E)  # (k*d, n)
+    # singular JᵀJ (no prior or gauge on some variable): the step solvers return a finite
+    # fallback (qdldl and PCG even report success), so check that JᵀJ X = E actually holds
+    resid = jax.vmap(lambda x: lin.rmv(lin.mv(x)))(X) - E
+    bad = ~(jnp.max(jnp.abs(resid), initial=0.0) <= jnp.finfo(dtype).eps ** 0.25)
+    X = eqx.error_if(
+        X, bad, "marginal_covariance: JᵀJ is singular (a variable without a prior or gauge) or "
+        "non-finite at `values`, so the covariance is not defined"
+    )
     cov_cols = X[:, flat_cols]  # (k*d, k*d)
     if structure.free_mask is not None:
         f = jnp.asarray(structure.free_mask[flat_cols], dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any
 
 import equinox as eqx
@@ -187,7 +188,7 @@ def _choose_anchor(gauge, var_types, var_ids, groups) -> Var | None:
     if any(len(g.slot_types) == 1 for g in groups):
         return None  # some unary factor (prior) already fixes the gauge
     for t, ids in zip(var_types, var_ids):
-        if t.group is not None:
+        if t.group is not None and len(ids):  # a type only empty factors name has no ids
             return t(int(ids.array[0]))
     return None
 
@@ -232,6 +233,9 @@ def build_structure(factors, gauge: Any = "auto") -> tuple[GraphStructure, tuple
             for leaf in leaves:
                 if isinstance(leaf, Var):
                     ids_per_type.setdefault(type(leaf), []).append(leaf.id.reshape(-1))
+    # factors batched over zero ids leave no variable to solve for
+    if not any(len(a) for chunks in ids_per_type.values() for a in chunks):
+        raise ValueError("FactorGraph.build: the factors touch no variables (all id arrays empty)")
     var_types = tuple(sorted(ids_per_type, key=lambda t: t.type_name()))
     tnames = [t.type_name() for t in var_types]
     if len(set(tnames)) != len(tnames):
@@ -299,7 +303,7 @@ def build_structure(factors, gauge: Any = "auto") -> tuple[GraphStructure, tuple
     if anchor is not None:
         ti = type_pos[type(anchor)]
         pos = np.searchsorted(var_ids[ti].array, anchor.id.reshape(1))
-        if var_ids[ti].array[pos[0]] != anchor.id:
+        if pos[0] >= len(var_ids[ti]) or var_ids[ti].array[pos[0]] != anchor.id:
             raise KeyError(f"gauge {anchor!r} is not a variable of the graph")
         slots_all.append(((ti, pos),))
         names.append("<gauge>")
@@ -318,15 +322,92 @@ def _apply_loss(loss, r):
     return apply(r) if apply is not None else loss(r)
 
 
-def _ravel(out) -> jax.Array:
+def _ravel(out, name: str) -> jax.Array:
     leaves = jax.tree.leaves(out, is_leaf=is_manifold)
     for leaf in leaves:
         if is_manifold(leaf):
-            raise TypeError("a factor returned a manifold element; return its local coordinates")
+            raise TypeError(
+                f"factor {name} returned a manifold element; return its local coordinates"
+            )
     flat = [jnp.ravel(jnp.asarray(leaf)) for leaf in leaves]
-    if not flat:
-        raise TypeError("a factor returned an empty residual")
-    return jnp.concatenate(flat) if len(flat) > 1 else flat[0]
+    if not flat or sum(f.shape[0] for f in flat) == 0:
+        raise TypeError(f"factor {name} returned an empty residual")
+    r = jnp.concatenate(flat) if len(flat) > 1 else flat[0]
+    # an integer residual has no derivative: jacfwd/jacrev would fail without naming the factor
+    if not jnp.issubdtype(r.dtype, jnp.floating):
+        raise TypeError(f"factor {name} returned a residual of dtype {r.dtype}, expected float")
+    return r
+
+
+#: errors raised while tracing a user function; re-raised with the factor's name
+_TRACE_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError)
+
+
+def _call(group: FactorGroup, fn, what: str, *args):
+    """``fn(*args)``; trace-time mistakes (shapes, wrong types) re-raised naming the factor."""
+    try:
+        return fn(*args)
+    except _TRACE_ERRORS as e:
+        base = next(t for t in _TRACE_ERRORS if isinstance(e, t))
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise base(f"in factor {group.name}{what}: {msg}") from e
+
+
+def _check_dtype(group: FactorGroup, r: jax.Array, dtype) -> None:
+    # a wider residual than the variables (float64 data, float32 values) would change the
+    # solver state's dtype inside its loop and fail there without naming the factor
+    if jnp.promote_types(r.dtype, dtype) != dtype:
+        raise TypeError(
+            f"factor {group.name} returned a residual of dtype {r.dtype} but the variables have "
+            f"dtype {jnp.dtype(dtype)}: cast its data to the variables' dtype"
+        )
+
+
+def _group_data(structure: GraphStructure, data: Any, g: int) -> tuple:
+    """``data[g]`` as ``(args_data, loss)``, checked against the built group (data passed at
+    solve time must have the structure and shapes of ``graph.data``)."""
+    group = structure.groups[g]
+    if not isinstance(data, tuple | list) or len(data) != len(structure.groups):
+        raise ValueError(
+            f"factor data must be a tuple of {len(structure.groups)} (args_data, loss) pairs, "
+            f"one per factor group (as graph.data); got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
+        )
+    if not isinstance(data[g], tuple | list) or len(data[g]) != 2:
+        raise ValueError(f"factor {group.name}: data must be an (args_data, loss) pair")
+    data_args, loss = data[g]
+    _, treedef, kinds, expected = group._key[:4]  # expected: trailing shapes of data leaves
+    want_def = jax.tree.structure(
+        jax.tree.unflatten(treedef, [0 if k[0] == "data" else None for k in kinds])
+    )
+    with_path, got_def = jax.tree_util.tree_flatten_with_path(data_args)
+    if got_def != want_def:
+        raise ValueError(
+            f"factor {group.name}: data has structure {got_def}, expected {want_def} "
+            "(the factor's arguments with Vars as None, as in graph.data)"
+        )
+    for (path, leaf), trailing in zip(with_path, expected):
+        want = (group.size, *trailing)
+        if tuple(jnp.shape(leaf)) != want:
+            raise ValueError(
+                f"factor {group.name}: data for {_arg_name(group, path)} has shape "
+                f"{tuple(jnp.shape(leaf))}, expected {want} (n_factors, ...)"
+            )
+    return data_args, loss
+
+
+def _arg_name(group: FactorGroup, path) -> str:
+    """The residual function's parameter name for a data leaf's path in the args tuple."""
+    idx = getattr(path[0], "idx", None) if path else None
+    try:
+        params = list(inspect.signature(group.kind.residual_fn).parameters.values())[1:]
+    except (TypeError, ValueError):
+        params = []
+    if idx is None or idx >= len(params) or params[idx].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ):
+        return f"argument {jax.tree_util.keystr(tuple(path))}"
+    return params[idx].name + jax.tree_util.keystr(tuple(path[1:]))
 
 
 def _gather(values: tuple, group: FactorGroup, slots) -> list:
@@ -340,11 +421,8 @@ def _group_fns(group: FactorGroup, dims: tuple[int, ...]):
     def residual(slot_vals, data):
         data_args, loss = data
         args = group.args(data_args)
-        try:
-            out = fn(_SlotValues(slot_vals), *args)
-        except TypeError as e:  # add the factor's name to trace-time mistakes
-            raise TypeError(f"in factor {group.name}: {e}") from e
-        r = _ravel(out)
+        out = _call(group, fn, "", _SlotValues(slot_vals), *args)
+        r = _ravel(out, group.name)
         if loss is not None:
             r = _apply_loss(loss, r)
         return r
@@ -365,8 +443,10 @@ def group_residual(structure: GraphStructure, values: tuple, data: tuple, g: int
     dims = tuple(structure.layout.var_blocks[t][2] for t, _ in slots)
     residual, _ = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
-    data_args, loss = data[g]
-    return jax.vmap(lambda sv, da: residual(sv, (da, loss)))(slot_vals, data_args)
+    data_args, loss = _group_data(structure, data, g)
+    r = jax.vmap(lambda sv, da: residual(sv, (da, loss)))(slot_vals, data_args)
+    _check_dtype(group, r, _dtype_of(values))
+    return r
 
 
 def residual(structure: GraphStructure, values: tuple, data: tuple) -> jax.Array:
@@ -388,7 +468,7 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
     c = sum(dims)
     residual_fn, local = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
-    data_args, loss = data[g]
+    data_args, loss = _group_data(structure, data, g)
     dtype = _dtype_of(values)
     kind = group.kind
 
@@ -398,12 +478,25 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
         if kind.linearize is not None or kind.jacobian is not None:
             r_raw_args = group.args(da)
             if kind.linearize is not None:
-                out, blocks = kind.linearize(_SlotValues(sv), *r_raw_args)
+                m = jax.eval_shape(lambda: residual_fn(sv, (da, None))).shape[0]
+                pair = _call(group, kind.linearize, " (linearize=)", _SlotValues(sv), *r_raw_args)
+                if not isinstance(pair, tuple | list) or len(pair) != 2:
+                    raise TypeError(
+                        f"factor {group.name}: linearize= must return (residual, blocks), got "
+                        f"{_what(pair)}"
+                    )
+                out, blocks = pair
+                r = _ravel(out, group.name)
+                if r.shape != (m,):
+                    raise ValueError(
+                        f"factor {group.name}: linearize= returned a residual of shape "
+                        f"{r.shape}, but the residual function returns ({m},)"
+                    )
             else:
-                blocks = kind.jacobian(_SlotValues(sv), *r_raw_args)
-                out = kind.residual_fn(_SlotValues(sv), *r_raw_args)
-            J = jnp.concatenate([jnp.asarray(b) for b in blocks], axis=1)
-            r = _ravel(out)
+                r = residual_fn(sv, (da, None))
+                m = r.shape[0]
+                blocks = _call(group, kind.jacobian, " (jacobian=)", _SlotValues(sv), *r_raw_args)
+            J = jnp.concatenate(_check_blocks(group, blocks, m, dims), axis=1).astype(r.dtype)
             if loss is not None:
                 r_l, pull = jax.linearize(lambda rr: _apply_loss(loss, rr), r)
                 return r_l, jax.vmap(pull, in_axes=1, out_axes=1)(J)
@@ -422,12 +515,37 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
         return r, J
 
     r, J = jax.vmap(one)(slot_vals, data_args)
-    if J.shape[-1] != c or J.ndim != 3:
-        raise ValueError(
-            f"factor {group.name}: Jacobian blocks have shape {J.shape[1:]}, expected "
-            f"(residual_dim, {c})"
-        )
+    _check_dtype(group, r, dtype)
     return r, J
+
+
+def _what(x) -> str:
+    return f"an array of shape {x.shape}" if isinstance(x, jax.Array) else type(x).__name__
+
+
+def _check_blocks(group: FactorGroup, blocks, m: int, dims: tuple[int, ...]) -> list:
+    """The analytic Jacobian blocks, checked: one ``(m, tangent_dim)`` block per ``Var``
+    argument in argument order (a wrong shape would otherwise be read into other columns)."""
+    if not isinstance(blocks, tuple | list):
+        raise TypeError(
+            f"factor {group.name}: the analytic Jacobian must be a tuple of {len(dims)} blocks "
+            f"(one per Var argument), got {_what(blocks)}"
+        )
+    if len(blocks) != len(dims):
+        raise ValueError(
+            f"factor {group.name}: the analytic Jacobian has {len(blocks)} blocks, expected "
+            f"{len(dims)} (one per Var argument, in argument order)"
+        )
+    out = []
+    for k, (b, d, t) in enumerate(zip(blocks, dims, group.slot_types)):
+        b = jnp.asarray(b)
+        if b.shape != (m, d):
+            raise ValueError(
+                f"factor {group.name}: Jacobian block {k} (Var {t.__name__}) has shape "
+                f"{b.shape}, expected ({m}, {d}) = (residual_dim, tangent_dim)"
+            )
+        out.append(b)
+    return out
 
 
 def group_cost_hessian(structure: GraphStructure, values: tuple, data: tuple, g: int):
@@ -438,7 +556,7 @@ def group_cost_hessian(structure: GraphStructure, values: tuple, data: tuple, g:
     dims = tuple(structure.layout.var_blocks[t][2] for t, _ in slots)
     _, local = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
-    data_args, loss = data[g]
+    data_args, loss = _group_data(structure, data, g)
     d0 = jnp.zeros(sum(dims), _dtype_of(values))
 
     def one(sv, da):

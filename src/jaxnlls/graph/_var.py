@@ -83,6 +83,9 @@ class Var:
                 f"{type(self).__name__}: id must be an int or a 1-D integer array, "
                 f"got dtype {arr.dtype} shape {arr.shape}"
             )
+        # ids beyond int64 would wrap around to other (negative) ids
+        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{type(self).__name__}: id {arr.max()} does not fit in int64")
         self.id = arr.astype(np.int64)
         self._slot: int | None = None
 
@@ -240,3 +243,8 @@ def _check_value(t: type[Var], value: Any, n: int) -> None:
         shape = jnp.shape(value)
         if shape != (n, t.dim):
             raise ValueError(f"{t.__name__}: value shape {shape} != ({n}, {t.dim})")
+        # integer values have no tangent space: autodiff would fail without naming the variable
+        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise TypeError(
+                f"{t.__name__}: values must have a floating dtype, got {jnp.result_type(value)}"
+            )
