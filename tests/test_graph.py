@@ -246,10 +246,11 @@ def test_schur_step_equals_full_step(x64):
 @pytest.mark.slow
 def test_schur_ba_solve_matches_sparse(requires_x64):
     graph, init = _ba_graph(1)
-    a = graph.solve(init, linear_solver=SchurComplement(BalPoint), throw=False)
-    b = graph.solve(init, linear_solver=SparseCholesky("scipy"), throw=False)
-    # BA without priors has a 7-dof gauge: the sparse path may wander along it (the cost is
-    # flat there, so the step test may not fire before max_steps), so compare optimal costs
+    a = graph.solve(init, linear_solver=SchurComplement(BalPoint), throw=False, max_steps=400)
+    b = graph.solve(init, linear_solver=SparseCholesky("scipy"), throw=False, max_steps=400)
+    # BA without priors has a 7-dof gauge: a path may wander along it (the cost is flat there,
+    # so the step test may not fire before max_steps), so compare optimal costs. At the
+    # default 100 steps neither had converged (13.06 vs 12.90, both going to 12.8913).
     np.testing.assert_allclose(a.stats.final_cost, b.stats.final_cost, rtol=1e-6)
     assert float(a.stats.final_cost) < 0.5 * float(a.stats.initial_cost)
 
