@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 import jaxnlls
 from jaxnlls.lie import SE2
@@ -64,8 +65,7 @@ def test_analytic_jacobian_takes_the_autodiff_path(name, tol):
     for k in x0:
         np.testing.assert_allclose(mine.value[k], auto.value[k], rtol=tol.rtol, atol=tol.atol)
     # the fit itself, against an independent reference: scipy's least_squares optimum
-    scipy_opt = pytest.importorskip("scipy.optimize")
-    ref = scipy_opt.least_squares(
+    ref = scipy.optimize.least_squares(
         lambda v: np.asarray(residual({"amp": v[:2], "offset": v[2:]}, np.asarray(y))),
         np.array([1.0, 1.0, 0.0]), xtol=1e-14, ftol=1e-14, gtol=1e-14)
     got = np.concatenate([np.asarray(mine.value["amp"]), np.asarray(mine.value["offset"])])

@@ -165,7 +165,7 @@ def make_dense_problem(
         )
     if jac_call is not None:
         got = jax.eval_shape(lambda: jac_call(x0, inputs))
-        _check_user_jacobian(got, m, n, jax.eval_shape(lambda: ravel_residual(fn(x0, inputs))))
+        _check_user_jacobian(got, m, n, out)
     return DenseProblem(fn, inputs, unravel, flat, split, n, m, matrix, jac, sparsity, jac_call)
 
 

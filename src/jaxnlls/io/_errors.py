@@ -70,21 +70,20 @@ def _plain(s: str) -> bool:
     return s.isascii() and "_" not in s
 
 
-def parse_int(s: str) -> int | None:
-    """``int(s)`` for a plain ASCII integer token, else ``None``."""
+def _parse(s: str, convert):
     if not _plain(s):
         return None
     try:
-        return int(s)
+        return convert(s)
     except ValueError:
         return None
+
+
+def parse_int(s: str) -> int | None:
+    """``int(s)`` for a plain ASCII integer token, else ``None``."""
+    return _parse(s, int)
 
 
 def parse_float(s: str) -> float | None:
     """``float(s)`` for a plain ASCII number token (possibly ``nan``/``inf``), else ``None``."""
-    if not _plain(s):
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        return None
+    return _parse(s, float)
