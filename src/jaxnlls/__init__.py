@@ -24,6 +24,7 @@ from ._adjoint import (
     TruncatedAdjoint as TruncatedAdjoint,
     UnrollAdjoint as UnrollAdjoint,
 )
+from ._compile import compiler_options as compiler_options
 from ._solution import RESULTS as RESULTS, Solution as Solution, Stats as Stats
 from ._solve import solve as solve
 from ._sparsity import JacobianSparsity as JacobianSparsity

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
+from ._compile import entry_jit
 from ._linearize import make_dense_problem, ravel_residual
 from ._sparsity import JacobianSparsity
 from ._misc import all_finite, stop_gradient_arrays
@@ -101,7 +102,7 @@ def _check_residual(out, dtype, has_aux: bool) -> None:
         raise ValueError("solve: residual_fn returned an empty residual (size 0)")
 
 
-@eqx.filter_jit
+@entry_jit
 def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux, jac, sparsity):
     dtype = _check_init(init)
     try:

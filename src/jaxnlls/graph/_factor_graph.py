@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import entry_jit
 from .._misc import all_finite, stop_gradient_arrays
 from .._solution import RESULTS, Solution, Stats
 from ..linear import AbstractStepSolver, DenseCholesky
@@ -200,7 +201,7 @@ def _exact_sparse_solve(structure, x_star, data, damping, step_solver, dbar, pre
 
 
 # ----------------------------------------------------------------------- the solve
-@eqx.filter_jit
+@entry_jit
 def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
     from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 
@@ -431,7 +432,7 @@ class FactorGraph(eqx.Module):
         return _marginals(self, values, data, ls, key)
 
 
-@eqx.filter_jit
+@entry_jit
 def _marginals(graph, values, data, ls, key):
     cols = np.asarray(key[1], np.int64).reshape(key[0])
     structure = graph.structure

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import entry_jit
 from ..lie import SE2, SE3, SO2, SO3
 from ._factor import factor
 from ._factor_graph import FactorGraph, auto_linear_solver
@@ -160,7 +161,7 @@ def chordal_initialization(
                     linear_solver)
 
 
-@eqx.filter_jit
+@entry_jit
 def _chordal(edges_static, n_poses, anchor, measurements, information, anchor_pose,
              linear_solver):
     # one compiled program per graph structure: dispatching the two linearizations eagerly
