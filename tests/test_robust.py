@@ -11,7 +11,9 @@ import pytest
 import jaxnlls
 from jaxnlls import robust, weights
 from jaxnlls.robust import (
+    DCS,
     L2,
+    Arctan,
     Cauchy,
     Fair,
     GemanMcClure,
@@ -60,6 +62,10 @@ def _ref_rho(name: str, s: np.ndarray, c: float) -> np.ndarray:
         return c2 * (1 - np.exp(-x))
     if name == "Tukey":
         return np.where(s <= c2, c2 / 3 * (1 - (1 - x) ** 3), c2 / 3)
+    if name == "Arctan":
+        return c2 * np.arctan(x)
+    if name == "DCS":  # the integral of GTSAM's DCS weight from 0
+        return s + np.where(s <= c2, 0.0, 4 * c2 * c2 * (1 / (2 * c2) - 1 / (c2 + s)) - (s - c2))
     if name == "TruncatedLS":
         return np.minimum(s, c2)
     if name == "GNCTruncatedLS":
@@ -88,6 +94,10 @@ def _ref_weight(name: str, s: np.ndarray, c: float) -> np.ndarray:
         return np.exp(-x)
     if name == "Tukey":
         return np.where(s <= c2, (1 - x) ** 2, 0.0)
+    if name == "Arctan":
+        return 1 / (1 + x * x)
+    if name == "DCS":  # GTSAM: w = (2 Φ / (Φ + e²))² for e² > Φ, with Φ = c²
+        return np.where(s <= c2, 1.0, (2 * c2 / (c2 + s)) ** 2)
     if name == "TruncatedLS":
         return np.where(s < c2, 1.0, 0.0)
     if name == "GNCTruncatedLS":
@@ -108,6 +118,8 @@ KERNELS = {
     "GemanMcClure": GemanMcClure,
     "Welsch": Welsch,
     "Tukey": Tukey,
+    "Arctan": Arctan,
+    "DCS": DCS,
     "TruncatedLS": TruncatedLS,
     "GNCTruncatedLS": lambda c: GNCTruncatedLS(c, GNC_MU),
 }
@@ -122,6 +134,8 @@ FIRST_ORDER = {
     "GemanMcClure": -1.0,
     "Welsch": -0.5,
     "Tukey": -1.0,
+    "Arctan": 0.0,
+    "DCS": 0.0,
     "TruncatedLS": 0.0,
     "GNCTruncatedLS": 0.0,
 }
@@ -294,6 +308,28 @@ def test_apply_finite_at_zero_and_large(name, dtype):
         )
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_derivatives_far_beyond_the_scale(name, dtype):
+    """The small-argument series of Cauchy, Welsch, Fair and Arctan overflowed in float32 at
+    |r| = 1e12 c, and inf * 0 in the unused branch made the gradient NaN; DCS's ratio did at
+    1e5 c. The IRLS identity holds up to |r| = 1e6 c in float32 (beyond ~4e9 c, (s/c²)²
+    overflows in the kernels' derivatives) and 1e12 c in float64."""
+    loss = _make(name)
+    cost = lambda r: 0.5 * jnp.sum(loss.apply(r) ** 2)
+    grad, jac = jax.jit(jax.grad(cost)), jax.jit(jax.jacfwd(loss.apply))
+    for m in (1e6, 1e12):
+        r = jnp.asarray([3.0 * m, -4.0 * m, 0.0], dtype) * SCALE
+        g = grad(r)
+        assert np.all(np.isfinite(g)) and np.all(np.isfinite(jac(r))), m
+        if dtype == jnp.float32 and m > 1e6:
+            continue
+        s = jnp.sum(r * r)
+        term = float(loss.rho(s) / jnp.sqrt(s))  # autodiff's terms are this large
+        np.testing.assert_allclose(g, loss.weight(s) * r, rtol=1e-4,
+                                   atol=50 * float(jnp.finfo(dtype).eps) * term)
+
+
 def test_sqrt_robustification_jacobian_structure():
     """The documented square-root Jacobian: d r'/d r = sqrt(rho/s) (I - n n^T)
     + rho' sqrt(s/rho) n n^T (not Triggs' sqrt(rho') (I - alpha n n^T))."""
@@ -321,13 +357,14 @@ def test_sqrt_robustification_jacobian_structure():
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(
-    "name", ["Tukey", "Welsch", "GemanMcClure", "TruncatedLS", "GNCTruncatedLS"]
+    "name",
+    ["Tukey", "Welsch", "GemanMcClure", "Arctan", "DCS", "TruncatedLS", "GNCTruncatedLS"],
 )
 def test_bounded_kernels_saturate(name, dtype):
     c = SCALE
     loss = _make(name)
     eps = float(jnp.finfo(dtype).eps)
-    sup = {"Tukey": c * c / 3}.get(name, c * c)
+    sup = {"Tukey": c * c / 3, "Arctan": np.pi / 2 * c * c, "DCS": 3 * c * c}.get(name, c * c)
     # every row is beyond the cutoff of the truncating kernels (GNC-TLS: s >= 3 c^2 at mu=1/2)
     r = jnp.asarray([[2.0 * c, 0.0], [30.0 * c, -40.0 * c], [1e4 * c, 0.0]], dtype)
 
@@ -453,7 +490,7 @@ def test_apply_errors():
         gnc_solve(lambda x, p: x, jnp.zeros(2), None, loss=L2())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["Huber", "SoftL1", "Cauchy"])
+@pytest.mark.parametrize("name", ["Huber", "SoftL1", "Cauchy", "Arctan"])
 def test_robustify_matches_scipy_loss(name, requires_x64):
     """scipy.optimize.least_squares(loss=...) uses the same rho convention: minimizing our
     robustified residual with a plain loss must land on scipy's robust solution."""
@@ -461,7 +498,8 @@ def test_robustify_matches_scipy_loss(name, requires_x64):
     x, y, _ = _line_data(np.float64)
     c = 0.1
     loss = KERNELS[name](c)
-    scipy_name = {"Huber": "huber", "SoftL1": "soft_l1", "Cauchy": "cauchy"}[name]
+    scipy_name = {"Huber": "huber", "SoftL1": "soft_l1", "Cauchy": "cauchy",
+                  "Arctan": "arctan"}[name]
 
     def raw(th):
         return th[0] * x + th[1] - y

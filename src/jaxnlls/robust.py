@@ -21,6 +21,8 @@ $x = s / c^2$ and $u = \sqrt{s} / c = \|r\| / c$:
 | :class:`GemanMcClure` | $c^2 x / (1 + x) = s c^2 / (c^2 + s)$ | $1/(1 + x)^2$ | $\rho \to c^2$ |
 | :class:`Welsch` | $c^2 (1 - e^{-x})$ | $e^{-x}$ | $\rho \to c^2$ |
 | :class:`Tukey` | $\tfrac{c^2}{3}(1-(1-x)^3)$ for $x \le 1$, else $c^2/3$ | $(1-x)^2$, $0$ | yes |
+| :class:`Arctan` | $c^2 \arctan(x)$ | $1/(1 + x^2)$ | $\rho \to \pi c^2/2$ |
+| :class:`DCS` | $s$ if $x \le 1$, else $c^2(3 - 4/(1 + x))$ | $1$, else $4/(1 + x)^2$ | $\rho \to 3c^2$ |
 | :class:`TruncatedLS` | $\min(s, c^2)$ | $1$ for $s < c^2$, else $0$ | yes |
 | :class:`GNCTruncatedLS` | Yang et al.'s GNC-TLS surrogate (see the class) | piecewise | yes |
 
@@ -103,6 +105,8 @@ __all__ = [
     "GemanMcClure",
     "Welsch",
     "Tukey",
+    "Arctan",
+    "DCS",
     "TruncatedLS",
     "GNCTruncatedLS",
     "robustify",
@@ -122,11 +126,15 @@ def _float_dtype(s: Array):
     return dtype
 
 
-def _safe_div(num_fn: Callable[[Array], Array], x: Array, small: Array, series: Array):
-    """``num_fn(x) / x`` for ``x > small``, ``series`` otherwise, with NaN-free gradients."""
+def _safe_div(num_fn: Callable[[Array], Array], x: Array, small: float,
+              coeffs: tuple[float, ...]):
+    """``num_fn(x) / x`` for ``x > small``, the power series ``coeffs`` in ``x`` otherwise,
+    with NaN-free gradients: each branch sees only arguments of its own range (the series at a
+    large ``x`` would overflow, and ``inf * 0`` in the unused branch's derivative is NaN)."""
     big = x > small
-    x_safe = jnp.where(big, x, jnp.ones_like(x))
-    return jnp.where(big, num_fn(x_safe) / x_safe, series)
+    x_big = jnp.where(big, x, jnp.ones_like(x))
+    x_small = jnp.where(big, jnp.zeros_like(x), x)
+    return jnp.where(big, num_fn(x_big) / x_big, _horner(coeffs, x_small))
 
 
 def _horner(coeffs: tuple[float, ...], x: Array) -> Array:
@@ -379,8 +387,7 @@ class Cauchy(AbstractScaledLoss):
     def rho_ratio(self, s):
         s, c2, x = self._x(s)
         small = _eps(x.dtype) ** (1.0 / 4.0)
-        series = _horner((1.0, -1.0 / 2, 1.0 / 3, -1.0 / 4, 1.0 / 5), x)
-        return _safe_div(jnp.log1p, x, small, series)
+        return _safe_div(jnp.log1p, x, small, (1.0, -1.0 / 2, 1.0 / 3, -1.0 / 4, 1.0 / 5))
 
 
 class Fair(AbstractScaledLoss):
@@ -412,9 +419,10 @@ class Fair(AbstractScaledLoss):
         # 2 (u - log1p(u)) / u^2; the subtraction cancels for small u, so use the series
         # 2 * sum_{k>=2} (-u)^(k-2) / k there (error ~ u^7 / 4.5 at the threshold eps^(1/8)).
         small = _eps(u.dtype) ** (1.0 / 8.0)
-        series = _horner(tuple(2.0 * (-1.0) ** k / (k + 2) for k in range(7)), u)
         big = u > small
         u_safe = jnp.where(big, u, jnp.ones_like(u))
+        series = _horner(tuple(2.0 * (-1.0) ** k / (k + 2) for k in range(7)),
+                         jnp.where(big, jnp.zeros_like(u), u))  # no overflow at large u
         return jnp.where(big, 2.0 * (u_safe - jnp.log1p(u_safe)) / (u_safe * u_safe), series)
 
 
@@ -459,8 +467,8 @@ class Welsch(AbstractScaledLoss):
     def rho_ratio(self, s):
         s, c2, x = self._x(s)
         small = _eps(x.dtype) ** (1.0 / 4.0)
-        series = _horner((1.0, -1.0 / 2, 1.0 / 6, -1.0 / 24, 1.0 / 120), x)
-        return _safe_div(lambda t: -jnp.expm1(-t), x, small, series)
+        return _safe_div(lambda t: -jnp.expm1(-t), x, small,
+                         (1.0, -1.0 / 2, 1.0 / 6, -1.0 / 24, 1.0 / 120))
 
 
 class Tukey(AbstractScaledLoss):
@@ -492,6 +500,68 @@ class Tukey(AbstractScaledLoss):
         x_in = jnp.where(inner, x, jnp.ones_like(x))
         x_out = jnp.where(inner, jnp.ones_like(x), x)
         return jnp.where(inner, _horner((1.0, -1.0, 1.0 / 3), x_in), 1.0 / (3.0 * x_out))
+
+
+class Arctan(AbstractScaledLoss):
+    r"""Arctan (SciPy ``loss="arctan"``, Ceres ``ArctanLoss(c^2)``): $\rho(s) = c^2\arctan(s/c^2)$.
+
+    $\rho'(s) = 1/(1 + (s/c^2)^2)$. Bounded ($\rho \to \pi c^2/2$), smooth, redescending; it
+    limits the influence of a single residual like a hard cap, without a kink.
+    """
+
+    scale: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
+
+    def rho(self, s):
+        s, c2, x = self._x(s)
+        return c2 * jnp.arctan(x)
+
+    def weight(self, s):
+        s, c2, x = self._x(s)
+        return 1.0 / (1.0 + jnp.square(x))
+
+    def rho_ratio(self, s):
+        s, c2, x = self._x(s)
+        # arctan(x)/x = 1 - x²/3 + x⁴/5 - x⁶/7 + x⁸/9 - ... (error ~x¹⁰/11 below eps^(1/4))
+        small = _eps(x.dtype) ** (1.0 / 4.0)
+        return _safe_div(jnp.arctan, x, small,
+                         (1.0, 0.0, -1.0 / 3, 0.0, 1.0 / 5, 0.0, -1.0 / 7, 0.0, 1.0 / 9))
+
+
+class DCS(AbstractScaledLoss):
+    r"""Dynamic covariance scaling (Agarwal, Tipaldi, Spinello, Stachniss, Burgard, ICRA 2013;
+    GTSAM ``noiseModel::mEstimator::DCS``), the pose-graph kernel for wrong loop closures.
+
+    DCS scales a residual by $\min(1, 2\Phi/(\Phi + s))$, so its IRLS weight is
+    $\rho'(s) = 1$ for $s \le \Phi$ and $(2\Phi/(\Phi + s))^2$ beyond, with
+    $\Phi = c^2$: ``DCS(scale=sqrt(phi))`` is GTSAM's ``DCS(phi)`` (GTSAM's ``c`` is $\Phi$, a
+    squared norm; here ``scale`` is a residual norm like every other kernel's). The $\rho$ with
+    that weight, $\rho(0) = 0$, is $s$ for $s \le c^2$ and $c^2(3 - 4c^2/(c^2 + s))$ beyond:
+    bounded ($\rho \to 3c^2$), $C^1$ at $s = c^2$, redescending. (GTSAM's ``DCS::loss``
+    returns $\Phi s/(\Phi + s)$, a different function with its own weight; its solver uses only
+    the weight, which matches this class.)
+    """
+
+    scale: Float[Array, "*scale_batch"] = eqx.field(default=1.0, converter=jnp.asarray)
+
+    def rho(self, s):
+        s, c2, x = self._x(s)
+        inner = x <= 1
+        x_out = jnp.where(inner, jnp.ones_like(x), x)
+        return jnp.where(inner, s, c2 * (3.0 - 4.0 / (1.0 + x_out)))
+
+    def weight(self, s):
+        s, c2, x = self._x(s)
+        inner = x <= 1
+        x_out = jnp.where(inner, jnp.ones_like(x), x)
+        return jnp.where(inner, jnp.ones_like(x), 4.0 / jnp.square(1.0 + x_out))
+
+    def rho_ratio(self, s):
+        s, c2, x = self._x(s)
+        inner = x <= 1
+        x_out = jnp.where(inner, jnp.ones_like(x), x)
+        # (3 - 4/(1+x))/x = 4/(1+x) - 1/x: no product x(1+x), whose square in the derivative
+        # overflowed float32 from |r| ~ 1e5 c
+        return jnp.where(inner, jnp.ones_like(x), 4.0 / (1.0 + x_out) - 1.0 / x_out)
 
 
 class TruncatedLS(AbstractScaledLoss):
