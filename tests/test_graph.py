@@ -774,3 +774,47 @@ def test_marginal_covariance_of_a_singular_graph_raises(ls):
         free.marginal_covariance(init, Pose(3), linear_solver=ls)
     cov = graph.marginal_covariance(init, Pose(np.array([], int)), linear_solver=ls)
     assert cov.shape == (0, 3, 3)  # was (0, 0)
+
+
+
+def test_dense_graph_without_gauge_reports_singular():
+    """Between factors alone with gauge=None leave JᵀJ singular (moving every pose by one
+    transform costs nothing): the dense path reports RESULTS.singular, as jaxnlls.solve does,
+    not a damped "success" whose implicit gradient would solve a singular system."""
+    rng = np.random.default_rng(3)
+    dt = _dtype()
+    n = 7
+    gt = _poses(rng, n)
+    ia = np.concatenate([np.arange(n - 1), [0, 2]])
+    ib = np.concatenate([np.arange(1, n), [n - 1, n - 2]])
+    z = _perturb(gt[ia].inverse() @ gt[ib], rng, 0.05)
+    L = jnp.asarray(np.tile(np.eye(3) * 3.0, (len(ia), 1, 1)), dt)
+    init = VarValues.make({Pose(np.arange(n)): _perturb(gt, rng, 0.1)})
+    edges = between(Pose(ia), Pose(ib), z, L)
+
+    free = FactorGraph.build([edges], gauge=None)
+    sol = free.solve(init, throw=False)
+    assert int(sol.result) == int(jaxnlls.RESULTS.singular) and bool(sol.stats.rank_deficient)
+    with pytest.raises(Exception, match="rank deficient"):
+        jax.block_until_ready(free.solve(init).value)
+    held = FactorGraph.build([edges]).solve(init, throw=False)  # gauge "auto": pose 0 fixed
+    assert int(held.result) == int(jaxnlls.RESULTS.successful)
+    assert not bool(held.stats.rank_deficient)
+
+    # a prior whose weight is data: weight 0 is singular again; vmap equals a loop
+    with_prior = FactorGraph.build([edges, prior(Pose(0), gt[0], jnp.eye(3, dtype=dt))],
+                                   gauge=None)
+    p_idx = with_prior.group_index(prior)
+
+    def solve(w):
+        data = list(with_prior.data)
+        (var, z0, sqrt_info), loss = data[p_idx]
+        data[p_idx] = ((var, z0, sqrt_info * w), loss)
+        return with_prior.solve(init, tuple(data), throw=False)
+
+    weights = jnp.asarray([1.0, 0.0], dt)
+    batched = jax.vmap(solve)(weights)
+    loop = [solve(w) for w in weights]
+    assert [int(c) for c in batched.result] == [int(s.result) for s in loop] == [
+        int(jaxnlls.RESULTS.successful), int(jaxnlls.RESULTS.singular)]
+    assert [bool(b) for b in batched.stats.rank_deficient] == [False, True]

@@ -13,7 +13,7 @@ import numpy as np
 from .._compile import entry_jit
 from .._misc import all_finite, stop_gradient_arrays
 from .._solution import RESULTS, Solution, Stats
-from ..linear import AbstractStepSolver, DenseCholesky
+from ..linear import AbstractStepSolver, DenseCholesky, is_rank_deficient
 from ..linear._blocksparse import BlockSparseLinearization
 from ..linear._dense import LOOP_N
 from ..linear._pcg import BlockJacobiPCG, pcg
@@ -232,13 +232,22 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
     r = G.residual(structure, x_for_cost, data)
     final_cost = 0.5 * jnp.sum(r * r)
     result = state.result
+    rank_deficient = jnp.asarray(False)
+    if isinstance(solver.linear_solver, DenseCholesky):
+        # as in jaxnlls.solve: the dense JᵀJ is at hand (small graphs), so a gauge freedom or
+        # an unobserved variable is reported instead of a damped "success" whose implicit
+        # gradient would solve a singular system. Sparse graphs are not checked (it would
+        # take a rank-revealing factorization; bundle adjustment relies on damping there).
+        rank_deficient = is_rank_deficient(jax.lax.stop_gradient(state.lin.gram()))
+        result = jnp.where(rank_deficient & (result == RESULTS.successful), RESULTS.singular,
+                           result).astype(jnp.int32)
     stats = Stats(
         steps=state.steps,
         initial_cost=state.initial_cost,
         final_cost=final_cost,
         grad_norm=jnp.sqrt(jnp.sum(state.grad * state.grad)),
         accepted_steps=state.accepted,
-        rank_deficient=jnp.asarray(False),
+        rank_deficient=rank_deficient,
     )
     if throw:
         value = eqx.branched_error_if(
@@ -388,7 +397,12 @@ class FactorGraph(eqx.Module):
             throw: raise on failure (use ``throw=False`` under ``vmap`` and read ``result``).
 
         Returns:
-            A :class:`jaxnlls.Solution` whose ``value`` is a :class:`VarValues`.
+            A :class:`jaxnlls.Solution` whose ``value`` is a :class:`VarValues`. With the dense
+            step solver (graphs of at most 128 unknowns by default), a ``JᵀJ`` that is singular
+            at the solution (``gauge=None`` without a prior, an unobserved variable) gives
+            ``RESULTS.singular`` and ``stats.rank_deficient``, as in :func:`jaxnlls.solve`.
+            Sparse step solvers do not test the rank (``stats.rank_deficient`` is False):
+            there damping carries a gauge freedom, as bundle adjustment relies on.
 
         Differentiability:
             Gradients flow to ``data`` (every float leaf: measurements, square-root
