@@ -244,3 +244,59 @@ def test_chordal_start_escapes_poor_local_minima(shared_data, rel, below):
     cost, ref, sol = _solve_from_chordal(shared_data, rel)
     assert int(sol.stats.steps) <= 20
     assert cost <= below * ref, (cost, ref)
+
+
+# ------------------------------------------------------------- the host version (io)
+@pytest.mark.parametrize("rel", ["pgo2d/ring.g2o", "pgo2d/intel.g2o",
+                                 "pgo3d/tinyGrid3D.g2o", "pgo3d/parking-garage.g2o"])
+def test_host_chordal_equals_the_compiled_one(shared_data, rel, x64):
+    """``io.chordal_initial_values`` (scipy sparse LU on the host, what ``jaxnlls pgo --init
+    chordal`` runs) equals ``graph.chordal_initialization`` (factor-graph linearizations
+    under jit), with the file's first pose as the anchor."""
+    from jaxnlls.io import chordal_initial_values, poses_to_group
+    from jaxnlls.io._chordal_host import chordal_poses
+
+    path = shared_data / rel
+    if not path.exists():
+        pytest.skip(f"{rel} not in ../shared/data")
+    if not x64 and rel not in ("pgo2d/ring.g2o", "pgo3d/tinyGrid3D.g2o"):
+        pytest.skip("the compiled float32 relaxation of a large graph is accurate to ~1e-3 "
+                    "relative (parking-garage: 0.4 absolute), too coarse to compare with")
+    pg = read_pose_graph(path)
+    host = chordal_poses(pg)
+    dt = _dtype()
+    group = SE2 if pg.dim == 2 else SE3
+    compiled = chordal_initialization(
+        pg.edges, poses_to_group(pg.measurements, pg.dim, dt), pg.n_poses,
+        information=jnp.asarray(pg.information, dt), anchor=0,
+        anchor_pose=poses_to_group(pg.poses[:1], pg.dim, dt)[0])
+    x_host = poses_to_group(host, pg.dim, dt)
+    assert isinstance(x_host, group)
+    np.testing.assert_allclose(_matrices(x_host), _matrices(compiled), rtol=1e-8 if x64 else 1e-3,
+                               atol=1e-8 if x64 else 2e-3)
+    np.testing.assert_allclose(host[0], pg.poses[0], atol=1e-12)  # the anchor as in the file
+    # the io entry point is the host version, in the layout of pose_graph_to_factor_graph
+    _, _, pose_t = pose_graph_to_factor_graph(pg)
+    np.testing.assert_allclose(_matrices(chordal_initial_values(pg).get(pose_t)),
+                               _matrices(x_host), atol=1e-12 if x64 else 1e-6)
+
+
+def test_host_chordal_names_bad_graphs(shared_data):
+    import dataclasses
+
+    from jaxnlls.io._chordal_host import chordal_poses
+
+    path = shared_data / "pgo2d/ring.g2o"
+    if not path.exists():
+        pytest.skip("pgo2d/ring.g2o not in ../shared/data")
+    pg = read_pose_graph(path)
+    # drop every edge of the last pose: no chain joins it to pose 0
+    keep = np.all(pg.edges != pg.n_poses - 1, axis=1)
+    cut = dataclasses.replace(pg, edges=pg.edges[keep], measurements=pg.measurements[keep],
+                              information=pg.information[keep], edge_lines=pg.edge_lines[keep])
+    with pytest.raises(ValueError, match=f"not connected.*pose {pg.n_poses - 1}"):
+        chordal_poses(cut)
+    nan = pg.measurements.copy()
+    nan[3, 0] = np.nan
+    with pytest.raises(ValueError, match="chordal initialization: a linear solve"):
+        chordal_poses(dataclasses.replace(pg, measurements=nan))

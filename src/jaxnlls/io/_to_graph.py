@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..factors import BalCamera, BalPoint, bal_reprojection, between, prior
-from ..graph import FactorGraph, Var, VarValues, chordal_initialization
+from ..graph import FactorGraph, Var, VarValues
 from ..lie import SE2, SE3
 from ._bal import BALProblem
+from ._chordal_host import chordal_poses
 from ._pose_graph import PoseGraph, wrap_angle
 
 
@@ -57,29 +58,25 @@ def group_to_poses(x: SE2 | SE3) -> np.ndarray:
 
 
 def chordal_initial_values(graph: PoseGraph, *, dtype=None) -> VarValues:
-    """Initial values from the measurements alone, by
+    """Initial values from the measurements alone: the chordal relaxation of
     :func:`~jaxnlls.graph.chordal_initialization` (GTSAM's ``InitializePose3``; also in 2D),
     weighted by the edges' information, with the first pose held at its value in the file.
 
-    The file's other poses are not used. On large-noise graphs this start avoids the poor
-    local minima that the file's dead-reckoning guess leads to (``sphere_bignoise``,
+    Computed on the host with scipy's sparse LU (the graph is host data already), so it costs
+    no XLA compile; it equals :func:`~jaxnlls.graph.chordal_initialization` to round-off. The
+    file's other poses are not used. On large-noise graphs this start avoids the poor local
+    minima that the file's dead-reckoning guess leads to (``sphere_bignoise``,
     ``input_M3500a``: bench/RESULTS.md).
 
     Returns:
         :class:`VarValues` over :class:`PoseSE2` / :class:`PoseSE3` ids ``0..N-1``, the layout of
         :func:`pose_graph_to_factor_graph`.
+
+    Raises:
+        ValueError: a pose not connected to pose 0 by edges, or a failed linear solve.
     """
-    dt = _dtype(dtype)
     pose_t: type[Var] = PoseSE2 if graph.dim == 2 else PoseSE3
-    first = poses_to_group(graph.poses[:1], graph.dim, dt)[0]
-    x0 = chordal_initialization(
-        graph.edges,
-        poses_to_group(graph.measurements, graph.dim, dt),
-        graph.n_poses,
-        information=jnp.asarray(graph.information, dt),
-        anchor=0,
-        anchor_pose=first,
-    )
+    x0 = poses_to_group(chordal_poses(graph), graph.dim, _dtype(dtype))
     return VarValues.make({pose_t(np.arange(graph.n_poses)): x0})
 
 
