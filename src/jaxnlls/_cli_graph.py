@@ -4,8 +4,9 @@ Registered by :mod:`jaxnlls.cli` through :func:`add_pgo_parser` and :func:`add_b
 Both commands run in float64 (they set ``jax_enable_x64``: they own their process) unless
 ``--float32``, time the solve twice (the first call includes compilation; ``compile_seconds``
 is the first call minus the steady-state ``solve_seconds``, the definition used by the peers'
-baselines) and exit with 0 when the solver converged, 1 when it did not (``max_steps`` reached
-or a numerical failure), 2 on a bad input file (the reader's message, ``FILE:LINE: TAG: ...``).
+baselines) and exit with 0 when the solver converged (also to a rank-deficient optimum, reported
+as ``rank_deficient``), 1 when it did not (``max_steps`` reached or a numerical failure), 2 on
+a bad input file (the reader's message, ``FILE:LINE: TAG: ...``).
 """
 
 from __future__ import annotations
@@ -194,7 +195,10 @@ def _summary(sol, first: float, second: float) -> dict[str, Any]:
         "solve_seconds": second,
         "compile_seconds": max(first - second, 0.0),
         "first_call_seconds": first,
-        "converged": result == jaxnlls.RESULTS.successful,
+        # a rank-deficient optimum (a bundle adjustment's free gauge, found by the dense path of
+        # small problems) is converged: the iterations stopped at a minimizer, not a unique one
+        "converged": result in (jaxnlls.RESULTS.successful, jaxnlls.RESULTS.singular),
+        "rank_deficient": bool(sol.stats.rank_deficient),
         "result": jaxnlls.RESULTS.message(result),
     }
 
@@ -335,7 +339,9 @@ def _report_lines(r: dict[str, Any]) -> list[str]:
         f"initial cost {_fmt_cost(r['initial_cost'])}  final cost {_fmt_cost(r['final_cost'])}"
         + _decrease(r["initial_cost"], r["final_cost"]),
         f"iterations {r['iterations']}, "
-        + ("converged" if r["converged"] else f"NOT converged: {r['result']}"),
+        + ("NOT converged: " + r["result"] if not r["converged"] else
+           "converged to a rank-deficient optimum (not unique: a free gauge or an unobserved "
+           "direction)" if r.get("rank_deficient") else "converged"),
         f"time: solve {r['solve_seconds']:.3f} s (steady state, with the progress printing; "
         "--json times it without), compile "
         f"{r['compile_seconds']:.2f} s (first call {r['first_call_seconds']:.2f} s), build "
