@@ -274,7 +274,7 @@ def test_host_chordal_equals_the_compiled_one(shared_data, rel, x64):
     assert isinstance(x_host, group)
     np.testing.assert_allclose(_matrices(x_host), _matrices(compiled), rtol=1e-8 if x64 else 1e-3,
                                atol=1e-8 if x64 else 2e-3)
-    np.testing.assert_allclose(host[0], pg.poses[0], atol=1e-12)  # the anchor as in the file
+    np.testing.assert_array_equal(host[0], pg.poses[0])  # the anchor exactly as in the file
     # the io entry point is the host version, in the layout of pose_graph_to_factor_graph
     _, _, pose_t = pose_graph_to_factor_graph(pg)
     np.testing.assert_allclose(_matrices(chordal_initial_values(pg).get(pose_t)),
@@ -296,6 +296,18 @@ def test_host_chordal_names_bad_graphs(shared_data):
                               information=pg.information[keep], edge_lines=pg.edge_lines[keep])
     with pytest.raises(ValueError, match=f"not connected.*pose {pg.n_poses - 1}"):
         chordal_poses(cut)
+    # the anchor is returned exactly as the file has it, even as an unwrapped angle
+    poses = pg.poses.copy()
+    poses[0, 2] = 7.0
+    np.testing.assert_array_equal(chordal_poses(dataclasses.replace(pg, poses=poses))[0],
+                                  poses[0])
+    # edges that exist but carry no rotation information do not determine the rotations
+    info = pg.information.copy()
+    far = np.any(pg.edges >= pg.n_poses // 2, axis=1) & np.any(pg.edges < pg.n_poses // 2,
+                                                                  axis=1)
+    info[far, 2, :] = info[far, :, 2] = 0.0  # ring: (x, y, theta), cut between the halves
+    with pytest.raises(ValueError, match="zero rotation information.*undetermined"):
+        chordal_poses(dataclasses.replace(pg, information=info))
     nan = pg.measurements.copy()
     nan[3, 0] = np.nan
     with pytest.raises(ValueError, match="chordal initialization: a linear solve"):

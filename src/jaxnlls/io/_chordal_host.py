@@ -24,9 +24,9 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
         ``(N, 3)`` ``(x, y, theta)`` or ``(N, 7)`` ``(t, q_xyzw)`` float64 poses.
 
     Raises:
-        ValueError: a pose that no chain of edges joins to pose 0, or a linear solve that
-            failed or gave non-finite values (non-finite measurements or information, or
-            weights that leave some pose undetermined).
+        ValueError: a pose that no chain of edges joins to pose 0, or only edges with zero
+            rotation or translation information; a linear solve that failed or gave
+            non-finite values (non-finite measurements or information).
     """
     from ..graph._initialize import _check_connected
 
@@ -41,6 +41,10 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
         Z, z_t = quat_xyzw_to_matrix(z[:, 3:7]), z[:, :3]
         R0, t0 = quat_xyzw_to_matrix(graph.poses[:1, 3:7])[0], graph.poses[0, :3]
     w, L_t = _weights(np.asarray(graph.information, np.float64), d)
+    # a pose joined to pose 0 only through zero-weight edges is undetermined; splu may still
+    # factor the numerically singular system and return rotations made up of round-off
+    _check_weighted(edges, w > 0, n, "rotation information")
+    _check_weighted(edges, np.any(L_t != 0, axis=(1, 2)), n, "translation information")
     ia, ib = edges[:, 0], edges[:, 1]
     eye = np.broadcast_to(np.eye(d), Z.shape)
 
@@ -55,12 +59,30 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
     M = L_t @ np.swapaxes(R[ia], 1, 2)
     t = _solve_anchored(n, d, ia, ib, -M, M, np.einsum("kij,kj->ki", L_t, z_t)[:, :, None],
                         t0[:, None])[:, 0].reshape(n, d)
-    t[0] = t0
     if d == 2:
-        return np.column_stack([t, np.arctan2(R[:, 1, 0], R[:, 0, 0])])
-    from scipy.spatial.transform import Rotation
+        out = np.column_stack([t, np.arctan2(R[:, 1, 0], R[:, 0, 0])])
+    else:
+        from scipy.spatial.transform import Rotation
 
-    return np.column_stack([t, Rotation.from_matrix(R).as_quat()])  # xyzw
+        out = np.column_stack([t, Rotation.from_matrix(R).as_quat()])  # xyzw
+    out[0] = graph.poses[0]  # exactly as in the file (not re-derived: sign, angle wrap)
+    return out
+
+
+def _check_weighted(edges: np.ndarray, weighted: np.ndarray, n: int, what: str) -> None:
+    """Raise naming a pose that only edges with zero ``what`` join to pose 0."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    e = edges[weighted]
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, labels = connected_components(adj, directed=False)
+    lost = np.flatnonzero(labels != labels[0])
+    if lost.size:
+        raise ValueError(
+            f"chordal initialization: {lost.size} poses are joined to pose 0 only through "
+            f"edges with zero {what}, so the relaxation leaves them undetermined, e.g. pose "
+            f"{int(lost[0])}")
 
 
 def _rot2(theta: np.ndarray) -> np.ndarray:
