@@ -256,13 +256,7 @@ def test_host_chordal_equals_the_compiled_one(shared_data, rel, x64):
     from jaxnlls.io import chordal_initial_values, poses_to_group
     from jaxnlls.io._chordal_host import chordal_poses
 
-    path = shared_data / rel
-    if not path.exists():
-        pytest.skip(f"{rel} not in ../shared/data")
-    if not x64 and rel not in ("pgo2d/ring.g2o", "pgo3d/tinyGrid3D.g2o"):
-        pytest.skip("the compiled float32 relaxation of a large graph is accurate to ~1e-3 "
-                    "relative (parking-garage: 0.4 absolute), too coarse to compare with")
-    pg = read_pose_graph(path)
+    pg = read_pose_graph(shared_data / rel)
     host = chordal_poses(pg)
     dt = _dtype()
     group = SE2 if pg.dim == 2 else SE3
@@ -272,8 +266,12 @@ def test_host_chordal_equals_the_compiled_one(shared_data, rel, x64):
         anchor_pose=poses_to_group(pg.poses[:1], pg.dim, dt)[0])
     x_host = poses_to_group(host, pg.dim, dt)
     assert isinstance(x_host, group)
-    np.testing.assert_allclose(_matrices(x_host), _matrices(compiled), rtol=1e-8 if x64 else 1e-3,
-                               atol=1e-8 if x64 else 2e-3)
+    host_m = _matrices(x_host)
+    # float32: the compiled relaxation's normal equations lose ~1e-3 of the graph's extent
+    # (parking-garage: 0.4 m of its ~100 m translations)
+    atol = 1e-8 if x64 else 5e-3 * max(1.0, float(np.max(np.abs(host_m))))
+    np.testing.assert_allclose(host_m, _matrices(compiled), rtol=1e-8 if x64 else 1e-3,
+                               atol=atol)
     np.testing.assert_array_equal(host[0], pg.poses[0])  # the anchor exactly as in the file
     # the io entry point is the host version, in the layout of pose_graph_to_factor_graph
     _, _, pose_t = pose_graph_to_factor_graph(pg)
@@ -286,10 +284,7 @@ def test_host_chordal_names_bad_graphs(shared_data):
 
     from jaxnlls.io._chordal_host import chordal_poses
 
-    path = shared_data / "pgo2d/ring.g2o"
-    if not path.exists():
-        pytest.skip("pgo2d/ring.g2o not in ../shared/data")
-    pg = read_pose_graph(path)
+    pg = read_pose_graph(shared_data / "pgo2d/ring.g2o")
     # drop every edge of the last pose: no chain joins it to pose 0
     keep = np.all(pg.edges != pg.n_poses - 1, axis=1)
     cut = dataclasses.replace(pg, edges=pg.edges[keep], measurements=pg.measurements[keep],
@@ -306,7 +301,7 @@ def test_host_chordal_names_bad_graphs(shared_data):
     far = np.any(pg.edges >= pg.n_poses // 2, axis=1) & np.any(pg.edges < pg.n_poses // 2,
                                                                   axis=1)
     info[far, 2, :] = info[far, :, 2] = 0.0  # ring: (x, y, theta), cut between the halves
-    with pytest.raises(ValueError, match="zero rotation information.*undetermined"):
+    with pytest.raises(ValueError, match="not connected to the anchor.*nonzero rotation information"):
         chordal_poses(dataclasses.replace(pg, information=info))
     nan = pg.measurements.copy()
     nan[3, 0] = np.nan

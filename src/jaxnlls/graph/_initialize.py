@@ -225,8 +225,10 @@ class _Trans3(Var, dim=3):
 _VARS = {2: (_Row2, _Trans2), 3: (_Row3, _Trans3)}
 
 
-def _check_connected(edges: np.ndarray, n_poses: int, anchor: int) -> None:
-    """Raise naming a pose that no chain of edges joins to the anchor (singular system)."""
+def _check_connected(edges: np.ndarray, n_poses: int, anchor: int,
+                     through: str = "any edge") -> None:
+    """Raise naming a pose that no chain of ``edges`` joins to the anchor (singular system);
+    ``through`` says which edges were counted, for the message."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
@@ -239,5 +241,5 @@ def _check_connected(edges: np.ndarray, n_poses: int, anchor: int) -> None:
     if lost.size:
         raise ValueError(
             f"chordal_initialization: {lost.size} poses are not connected to the anchor "
-            f"(pose {anchor}) by any edge, e.g. pose {int(lost[0])}"
+            f"(pose {anchor}) by {through}, e.g. pose {int(lost[0])}"
         )

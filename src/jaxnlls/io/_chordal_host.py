@@ -43,8 +43,9 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
     w, L_t = _weights(np.asarray(graph.information, np.float64), d)
     # a pose joined to pose 0 only through zero-weight edges is undetermined; splu may still
     # factor the numerically singular system and return rotations made up of round-off
-    _check_weighted(edges, w > 0, n, "rotation information")
-    _check_weighted(edges, np.any(L_t != 0, axis=(1, 2)), n, "translation information")
+    _check_connected(edges[w > 0], n, 0, "edges with nonzero rotation information")
+    _check_connected(edges[np.any(L_t != 0, axis=(1, 2))], n, 0,
+                     "edges with nonzero translation information")
     ia, ib = edges[:, 0], edges[:, 1]
     eye = np.broadcast_to(np.eye(d), Z.shape)
 
@@ -67,22 +68,6 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
         out = np.column_stack([t, Rotation.from_matrix(R).as_quat()])  # xyzw
     out[0] = graph.poses[0]  # exactly as in the file (not re-derived: sign, angle wrap)
     return out
-
-
-def _check_weighted(edges: np.ndarray, weighted: np.ndarray, n: int, what: str) -> None:
-    """Raise naming a pose that only edges with zero ``what`` join to pose 0."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    e = edges[weighted]
-    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    _, labels = connected_components(adj, directed=False)
-    lost = np.flatnonzero(labels != labels[0])
-    if lost.size:
-        raise ValueError(
-            f"chordal initialization: {lost.size} poses are joined to pose 0 only through "
-            f"edges with zero {what}, so the relaxation leaves them undetermined, e.g. pose "
-            f"{int(lost[0])}")
 
 
 def _rot2(theta: np.ndarray) -> np.ndarray:
