@@ -403,25 +403,48 @@ def test_implicit_gradient_matches_finite_differences(requires_x64, hessian):
     del target
 
 
-@pytest.mark.slow
-def test_gradient_wrt_information_and_unroll(requires_x64):
-    graph, init, _ = small_graph(6, n=5, landmarks=0, noise=0.1)
+def _information_scaled_loss(graph, init, max_steps, linear_solver=None):
+    """``w ↦ Σ‖tᵢ‖²`` at the solution with the first factor group's square-root information
+    scaled per factor by ``w``, and the adjoint as second argument."""
 
     def loss(w, adjoint):
         args, l = graph.data[0]
         args = (args[0], args[1], args[2], args[3] * w[:, None, None])
         data = ((args, l),) + graph.data[1:]
-        sol = graph.solve(init, data=data, adjoint=adjoint, max_steps=40,
+        sol = graph.solve(init, data=data, adjoint=adjoint, max_steps=max_steps,
                           solver=jaxnlls.LevenbergMarquardt(
-                              rtol=1e-14, atol=1e-14, linear_solver=DenseCholesky()))
+                              rtol=1e-14, atol=1e-14, linear_solver=linear_solver))
         return jnp.sum(sol.value.get(Pose).translation() ** 2)
 
+    return loss
+
+
+@pytest.mark.slow
+def test_gradient_wrt_information_and_unroll(requires_x64):
+    graph, init, _ = small_graph(6, n=5, landmarks=0, noise=0.1)
+    loss = _information_scaled_loss(graph, init, 40, DenseCholesky())
     w0 = jnp.ones(graph.structure.groups[0].size)
     g_imp = jax.grad(loss)(w0, None)
     pairs = _directional(lambda w: float(loss(w, None)), g_imp, w0, 1e-6)
     np.testing.assert_allclose(pairs[:, 0], pairs[:, 1], rtol=1e-5, atol=1e-9)
     g_unr = jax.grad(loss)(w0, jaxnlls.UnrollAdjoint())
     np.testing.assert_allclose(g_unr, g_imp, rtol=1e-5, atol=1e-9)
+
+
+def test_second_order_through_graph_implicit_rule_raises(requires_x64):
+    """The graph's implicit rule holds x* constant, so jax.hessian must fail rather than miss
+    the motion of x*; UnrollAdjoint differentiates the iterations to second order instead."""
+    graph, init, _ = small_graph(6, n=4, landmarks=0, noise=0.1)
+    loss = _information_scaled_loss(graph, init, 30)
+    w0 = jnp.ones(graph.structure.groups[0].size)
+    with pytest.raises(NotImplementedError, match="FactorGraph.solve with ImplicitAdjoint"):
+        jax.hessian(lambda w: loss(w, None))(w0)
+    direction = jnp.asarray(np.random.default_rng(2).normal(size=w0.shape))
+    hvp = jax.jvp(jax.grad(lambda w: loss(w, jaxnlls.UnrollAdjoint())), (w0,), (direction,))[1]
+    grad_implicit = jax.jit(jax.grad(lambda w: loss(w, None)))
+    eps = 1e-5
+    fd = (grad_implicit(w0 + eps * direction) - grad_implicit(w0 - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(hvp, fd, rtol=1e-5, atol=1e-8 * float(jnp.abs(fd).max()))
 
 
 # ----------------------------------------------------------------------------- batching

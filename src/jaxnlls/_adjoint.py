@@ -159,12 +159,18 @@ class OneStepAdjoint(AbstractAdjoint):
 
     ``x_out = x* ⊕ δ(θ)``, ``δ(θ) = -H⁻¹ ∇_δ φ(0, θ)`` with ``H = JᵀJ`` held constant: the
     mixed term is exact, so on zero-residual problems it equals
-    ``ImplicitAdjoint(hessian="gauss_newton")``. No custom rule, so forward mode works too.
+    ``ImplicitAdjoint(hessian="gauss_newton")``. No custom rule, so forward mode and second
+    derivatives work too: they are those of the one-step map. ``final_cost`` is differentiated
+    through that map rather than by the envelope theorem: the same gradient at a stationary
+    point, and a second derivative ``φ_θθ − φ_θx H⁻¹ φ_xθ`` that is exact at zero residual
+    (where ``JᵀJ`` is the Hessian) and approximate otherwise, where the envelope form would
+    give ``φ_θθ`` alone. Exact second derivatives: ``UnrollAdjoint``.
 
     Differentiability: gradients w.r.t. ``params`` and captured arrays (not ``init``).
     """
 
     damping: float = 0.0
+    envelope: ClassVar[bool] = False
 
     def apply(self, make_problem, x0, inputs, solver, max_steps, inputs_finite):
         sg_problem, state = _forward(make_problem, x0, inputs, solver, max_steps, inputs_finite)

@@ -1,4 +1,4 @@
-"""The implicit-function rules (the only ``custom_vjp`` rules in the library).
+"""The implicit-function rules (with the factor graph's, the only ``custom_vjp`` rules).
 
 At a solution ``x*`` let ``φ(δ, θ) = ½‖r(x* ⊕ δ, θ)‖²`` in the tangent chart of ``x*``,
 ``g = ∇_δ φ`` at ``δ = 0`` and ``H = ∂g/∂δ``. Stationarity ``g(0, θ) = 0`` defines ``x*(θ)``;
@@ -10,10 +10,16 @@ the implicit function theorem gives, for a cotangent ``x̄`` of the solution::
 
 ``θ`` here is the closure-converted ``(residual_fn, params)`` pair, so arrays captured by
 ``residual_fn`` receive gradients too.
+
+These rules are first-order: ``x*`` enters them as a constant, so an outer derivative of the
+backward pass (``jax.hessian``, ``jacfwd`` of ``grad``, ``grad`` of ``grad``) would miss how
+``x*`` moves and return a wrong second derivative without any sign of it. ``first_order_only``
+turns that case into an error naming the adjoint.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -29,6 +35,39 @@ from .manifold import retract
 DENSE_MAX = 1024
 
 _ITERATIVE = (lx.CG, lx.GMRES, lx.BiCGStab)  # (lx.NormalCG is a function returning a CG)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _first_order_only(what, value, watched):
+    del watched
+    return value
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(what, primals, tangents):
+    # JAX calls this rule only when some tangent is nonzero: ``value`` is a stop-gradient
+    # solution, so ``watched`` (the differentiable inputs) is being differentiated in forward
+    # mode around the custom_vjp rule, i.e. a second-order derivative.
+    del primals, tangents
+    raise NotImplementedError(
+        f"{what}: second-order derivatives (jax.hessian, jacfwd of grad, grad of grad) are "
+        "not available through this backward mode. Its gradient rule treats the solution as "
+        "a constant, so the outer derivative would miss how the solution moves, and the result "
+        "would be wrong. Use adjoint=UnrollAdjoint() to differentiate the iterations themselves "
+        "to any order. TruncatedAdjoint(k) and OneStepAdjoint() also allow it, but they give "
+        "the derivatives of their own approximations."
+    )
+
+
+def first_order_only(what: str, x_star: Any, inputs: Any) -> Any:
+    """Identity on ``x_star`` that raises if ``inputs`` carry forward-mode tangents.
+
+    Call it in a ``custom_vjp`` forward rule. Under plain reverse mode that rule sees primal
+    values, so the check costs nothing. Under an outer ``jvp`` it sees tangents, which means
+    a second-order derivative through the rule. ``what`` names the solve and the adjoint.
+    """
+    watched = eqx.filter(inputs, eqx.is_inexact_array)
+    return _first_order_only(what, x_star, watched)
 
 
 def _zeros_for_none(cot, like):
@@ -119,8 +158,8 @@ def implicit_solution(inputs, x_star, flat, n, hessian, damping, linear_solver):
 
 @implicit_solution.def_fwd
 def _implicit_fwd(perturbed, inputs, x_star, flat, n, hessian, damping, linear_solver):
-    del perturbed, inputs, flat, n, hessian, damping, linear_solver
-    return x_star, None
+    del perturbed, flat, n, hessian, damping, linear_solver
+    return first_order_only("jaxnlls.solve with ImplicitAdjoint", x_star, inputs), None
 
 
 @implicit_solution.def_bwd
@@ -173,8 +212,8 @@ def direct_loss_solution(inputs, x_star, flat, n, eps, iterations, damping):
 
 @direct_loss_solution.def_fwd
 def _dl_fwd(perturbed, inputs, x_star, flat, n, eps, iterations, damping):
-    del perturbed, inputs, flat, n, eps, iterations, damping
-    return x_star, None
+    del perturbed, flat, n, eps, iterations, damping
+    return first_order_only("jaxnlls.solve with DirectLossAdjoint", x_star, inputs), None
 
 
 @direct_loss_solution.def_bwd

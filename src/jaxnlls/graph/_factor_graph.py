@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compile import entry_jit
+from .._implicit import first_order_only
 from .._misc import all_finite, stop_gradient_arrays
 from .._solution import RESULTS, Solution, Stats
 from ..linear import AbstractStepSolver, DenseCholesky, is_rank_deficient
@@ -136,8 +137,8 @@ def _implicit(data, x_star, structure, hessian, damping, step_solver):
 
 @_implicit.def_fwd
 def _implicit_fwd(perturbed, data, x_star, structure, hessian, damping, step_solver):
-    del perturbed, data, structure, hessian, damping, step_solver
-    return x_star, None
+    del perturbed, structure, hessian, damping, step_solver
+    return first_order_only("FactorGraph.solve with ImplicitAdjoint", x_star, data), None
 
 
 @_implicit.def_bwd
