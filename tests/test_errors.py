@@ -79,6 +79,23 @@ def test_mismatched_pytrees_named():
         jaxnlls.solve(residual, {"pos": jnp.zeros(2)}, jnp.ones(2))
 
 
+def test_python_branch_on_traced_value_keeps_jax_error_and_names_the_call():
+    """JAX's tracer errors cannot be rebuilt from one string; before, re-raising them with the
+    call's name failed inside the handler with an unrelated AttributeError."""
+
+    def residual(x, p):
+        if x[0] > p:  # a Python `if` on a traced value: the commonest residual bug
+            return x - p
+        return x + p
+
+    with pytest.raises(jax.errors.TracerBoolConversionError) as info:
+        jaxnlls.solve(residual, jnp.zeros(2), 1.0)
+    assert any("solve: residual_fn(init, params) failed while tracing" in note
+               for note in info.value.__notes__)
+    with pytest.raises(jax.errors.ConcretizationTypeError, match=r"residual_fn\(init, params\)"):
+        jaxnlls.solve(lambda x, p: x - float(x[0]), jnp.zeros(2), 1.0)
+
+
 def test_shape_mismatch_inside_residual_named():
     def residual(x, p):
         return x - p  # (2,) - (3,)

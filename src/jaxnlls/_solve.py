@@ -102,16 +102,36 @@ def _check_residual(out, dtype, has_aux: bool) -> None:
         raise ValueError("solve: residual_fn returned an empty residual (size 0)")
 
 
+def _reraise_with_context(e: Exception, message: str):
+    """Raise ``e``'s type with ``message``, caused by ``e``; call it inside ``except``.
+
+    Some types cannot be rebuilt from one string: JAX's tracer errors such as
+    ``TracerBoolConversionError`` (a Python ``if`` on a traced value) need more arguments,
+    and ``KeyError`` repr-quotes its message. Those are re-raised as they are, with
+    ``message`` attached as a note, so the user still sees both the cause and the call.
+    """
+    if type(e) is not KeyError:
+        try:
+            rebuilt = type(e)(message)
+        except Exception:
+            rebuilt = None
+        if rebuilt is not None and str(rebuilt) == message:
+            raise rebuilt from e
+    e.add_note(message)
+    raise e
+
+
 @entry_jit
 def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux, jac, sparsity):
     dtype = _check_init(init)
     try:
         out_struct = eqx.filter_eval_shape(residual_fn, init, params)
     except Exception as e:  # re-raise with the call that failed, keeping the cause
-        raise type(e)(
+        _reraise_with_context(
+            e,
             f"solve: residual_fn(init, params) failed while tracing: {e}. Check that the "
-            "structure of `init` and `params` is what residual_fn expects."
-        ) from e
+            "structure of `init` and `params` is what residual_fn expects.",
+        )
     _check_residual(out_struct, dtype, has_aux)
 
     fn = eqx.filter_closure_convert(residual_fn, init, params)
@@ -121,7 +141,7 @@ def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux
         try:
             eqx.filter_eval_shape(jac, init, params)  # its output is checked by the problem
         except Exception as e:
-            raise type(e)(f"solve: jac(init, params) failed while tracing: {e}") from e
+            _reraise_with_context(e, f"solve: jac(init, params) failed while tracing: {e}")
         inputs = (fn, params, eqx.filter_closure_convert(jac, init, params))
         jac_call = _call_jac
     call = _call_strip_aux if has_aux else _call_plain
