@@ -344,6 +344,20 @@ def test_write_read_round_trip(shared_data, tmp_path, rel):
     assert (tmp_path / "again.g2o").read_text() == out.read_text()
 
 
+def test_angles_in_range_are_read_bit_for_bit(tmp_path):
+    """Only angles outside [-π, π) are wrapped: the modular formula moved in-range ones by up
+    to an ulp of π (1e-20 became 0, 1e-10 became 1.00000008e-10)."""
+    p = tmp_path / "small.g2o"
+    p.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 1e-20\nVERTEX_SE2 2 2 0 7.5\n"
+                 "EDGE_SE2 0 1 1 0 1e-10 1 0 0 1 0 1\nEDGE_SE2 1 2 1 0 1.576173 1 0 0 1 0 1\n")
+    g = read_g2o(p)
+    np.testing.assert_array_equal(g.poses[:2, 2], [0.0, 1e-20])
+    assert g.poses[2, 2] == pytest.approx(7.5 - 2 * np.pi, abs=1e-15)  # out of range: wrapped
+    np.testing.assert_array_equal(g.measurements[:, 2], [1e-10, 1.576173])
+    write_g2o(tmp_path / "o.g2o", g)
+    _assert_same_graph(g, read_g2o(tmp_path / "o.g2o"))
+
+
 def test_write_other_poses(shared_data, tmp_path):
     g = read_g2o(shared_data / "pgo3d/tinyGrid3D.g2o")
     new = g.poses.copy()
@@ -377,6 +391,8 @@ _V2 = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n"
         ("1 0 0 0 0 1", "singular"),  # zero eigenvalue
         ("1 1 0 1 0 1", "singular"),  # rank deficient off-diagonal
         ("1 2 0 1 0 1", "not positive definite"),  # indefinite through off-diagonal
+        # rank 1 (v vᵀ, v = (1, 0.1, 0.3)): its smallest eigenvalue comes out as -3e-17
+        ("1 0.1 0.3 0.01 0.03 0.09", "singular"),
     ],
 )
 def test_bad_information_is_error(tmp_path, info, what):

@@ -66,6 +66,45 @@ def test_pgo_bad_information_exit_code(tmp_path):
     assert p.returncode == 2 and "cannot open" in json.loads(p.stdout)["error"]
 
 
+def test_pgo_errors_before_and_after_the_solve(tmp_path):
+    """Outputs that cannot be written fail before the solve, with exit 2 and, under --json, an
+    error object; a disconnected graph under --init chordal names the file's vertex ids."""
+    good = tmp_path / "good.g2o"
+    good.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n")
+    for flags, message in [
+        (["-o", str(tmp_path / "no" / "out.g2o")], "does not exist"),
+        (["--plot", str(tmp_path / "out.xyz")], "unknown image format 'xyz'"),
+        (["-o", str(tmp_path)], "is a directory"),
+    ]:
+        p = _cli("pgo", str(good), "--json", *flags)
+        assert p.returncode == 2, (flags, p.stderr)
+        assert message in json.loads(p.stdout)["error"] and message in p.stderr
+    p = _cli("pgo", str(good), "--max-steps", "-5")
+    assert p.returncode == 2 and "--max-steps: needs a positive integer" in p.stderr
+    island = tmp_path / "island.g2o"
+    island.write_text("VERTEX_SE2 10 0 0 0\nVERTEX_SE2 20 1 0 0\nVERTEX_SE2 30 5 5 0\n"
+                      "EDGE_SE2 10 20 1 0 0 1 0 0 1 0 1\n")
+    p = _cli("pgo", str(island), "--json", "--init", "chordal")
+    assert p.returncode == 2
+    error = json.loads(p.stdout)["error"]
+    assert error.startswith(f"{island}: --init chordal") and "e.g. vertex 30" in error
+
+
+def test_pgo_json_is_strict_when_the_cost_overflows(tmp_path):
+    """JSON has no inf: a cost that overflows is written as null, not as ``Infinity``."""
+    huge = tmp_path / "huge.g2o"
+    huge.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 0 0 0\n"
+                    "EDGE_SE2 0 1 1e10 0 0 1e300 0 0 1e300 0 1e300\n")
+    p = _cli("pgo", str(huge), "--json")
+    assert p.returncode == 1, p.stderr
+
+    def strict(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    r = json.loads(p.stdout, parse_constant=strict)
+    assert r["initial_cost"] is None and r["converged"] is False
+
+
 @pytest.mark.slow
 def test_pgo_fix_information_and_progress(tmp_path):
     bad = tmp_path / "bad.g2o"

@@ -27,6 +27,16 @@ _SOLVER_HELP = (
 )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive integer, got {text!r}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="write a PNG plot of the result")
     p.add_argument(
@@ -49,7 +59,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-steps",
-        type=int,
+        type=_positive_int,
         default=3000,
         metavar="N",
         help="iteration cap (3000; regular graphs converge in < 20, badly conditioned ones such "
@@ -162,7 +172,50 @@ def _make_solver(args, structure, *, verbose: bool):
 
 
 class _UsageError(Exception):
-    pass
+    """An error reported with exit code 2 (and as ``{"error": ...}`` under ``--json``): a bad
+    option, an output path that cannot be written, a graph the chosen start cannot handle."""
+
+
+def _check_outputs(args) -> None:
+    """Fail before the solve, not after it, on an output the command could not write."""
+    import os
+
+    for flag, path in (("-o", args.output), ("--plot", args.plot)):
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise _UsageError(f"{flag} {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise _UsageError(f"{flag} {path}: directory {parent} is not writable")
+        if os.path.isdir(path):
+            raise _UsageError(f"{flag} {path}: is a directory")
+    if args.plot:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if ext not in formats:
+            raise _UsageError(
+                f"--plot {args.plot}: unknown image format {ext!r}; use one of "
+                + ", ".join(sorted(formats))
+            )
+
+
+@contextlib.contextmanager
+def _writing(flag: str, path: str):
+    """Turn a failed write (disk full, a path removed meanwhile) into an exit-2 error."""
+    try:
+        yield
+    except OSError as e:
+        raise _UsageError(f"{flag} {path}: cannot write: {e.strerror or e}") from e
+
+
+def _json_safe(report: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no inf or NaN: a diverged cost is written as null (strict parsers reject the
+    ``Infinity`` that ``json.dumps`` would print)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in report.items()}
 
 
 def _timed_solve(fg, init, solver, max_steps: int, *, quiet_second: bool):
@@ -218,7 +271,7 @@ def _x64(args):
 
 def _emit(args, report: dict[str, Any], lines: list[str]) -> int:
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(_json_safe(report), allow_nan=False))
     else:
         for ln in lines:
             print(ln)
@@ -255,6 +308,7 @@ def run_pgo(args) -> int:
     except FormatError as e:
         return _fail(args, "pgo", str(e))
     try:
+        _check_outputs(args)
         with _x64(args):
             return _run_pgo(args, pg)
     except _UsageError as e:
@@ -289,7 +343,10 @@ def _run_pgo(args, pg) -> int:
         import jax
 
         t0 = time.perf_counter()
-        init = jax.block_until_ready(chordal_initial_values(pg))
+        try:
+            init = jax.block_until_ready(chordal_initial_values(pg))
+        except ValueError as e:  # disconnected graph, or a failed linear solve
+            raise _UsageError(f"{args.file}: --init chordal: {e}") from e
         init_s = time.perf_counter() - t0
         if not args.json:
             print(f"chordal initialization: cost {_fmt_cost(float(fg.cost(init)))} (file's "
@@ -317,10 +374,12 @@ def _run_pgo(args, pg) -> int:
     if not np.all(np.isfinite(poses)):
         report["converged"] = False
     if args.output:
-        write_g2o(args.output, pg, poses)
+        with _writing("-o", args.output):
+            write_g2o(args.output, pg, poses)
         report["output"] = str(args.output)
     if args.plot:
-        _plot_pgo(args.plot, pg, poses, report)
+        with _writing("--plot", args.plot):
+            _plot_pgo(args.plot, pg, poses, report)
         report["plot"] = str(args.plot)
     lines += _report_lines(report)
     if args.init == "file" and (report["iterations"] > _SLOW_START or not report["converged"]):
@@ -393,6 +452,7 @@ def run_ba(args) -> int:
     except FormatError as e:
         return _fail(args, "ba", str(e))
     try:
+        _check_outputs(args)
         with _x64(args):
             return _run_ba(args, problem)
     except _UsageError as e:
@@ -438,10 +498,12 @@ def _run_ba(args, problem) -> int:
     if not (np.all(np.isfinite(cams)) and np.all(np.isfinite(pts))):
         report["converged"] = False
     if args.output:
-        write_bal(args.output, problem, cams, pts)
+        with _writing("-o", args.output):
+            write_bal(args.output, problem, cams, pts)
         report["output"] = str(args.output)
     if args.plot:
-        _plot_ba(args.plot, problem, cams, pts, report)
+        with _writing("--plot", args.plot):
+            _plot_ba(args.plot, problem, cams, pts, report)
         report["plot"] = str(args.plot)
     lines = _report_lines(report)
     lines.insert(2, f"points behind their camera: {behind0} -> {report['behind_camera_final']}")

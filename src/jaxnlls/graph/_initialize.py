@@ -226,9 +226,10 @@ _VARS = {2: (_Row2, _Trans2), 3: (_Row3, _Trans3)}
 
 
 def _check_connected(edges: np.ndarray, n_poses: int, anchor: int,
-                     through: str = "any edge") -> None:
+                     through: str = "any edge", ids: np.ndarray | None = None) -> None:
     """Raise naming a pose that no chain of ``edges`` joins to the anchor (singular system);
-    ``through`` says which edges were counted, for the message."""
+    ``through`` says which edges were counted, for the message, and ``ids`` (a file's vertex
+    ids, pose ``n`` being vertex ``ids[n]``) makes it name vertices instead of indices."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
@@ -239,7 +240,11 @@ def _check_connected(edges: np.ndarray, n_poses: int, anchor: int,
     _, labels = connected_components(adj, directed=False)
     lost = np.flatnonzero(labels != labels[anchor])
     if lost.size:
+        if ids is None:
+            anchor_name, lost_name = f"pose {anchor}", f"pose {int(lost[0])}"
+        else:
+            anchor_name, lost_name = f"vertex {ids[anchor]}", f"vertex {ids[int(lost[0])]}"
         raise ValueError(
             f"chordal_initialization: {lost.size} poses are not connected to the anchor "
-            f"(pose {anchor}) by {through}, e.g. pose {int(lost[0])}"
+            f"({anchor_name}) by {through}, e.g. {lost_name}"
         )

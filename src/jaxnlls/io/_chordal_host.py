@@ -32,7 +32,8 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
 
     d = graph.dim
     n, edges = graph.n_poses, np.asarray(graph.edges, np.int64)
-    _check_connected(edges, n, 0)
+    ids = np.asarray(graph.ids)
+    _check_connected(edges, n, 0, ids=ids)
     z = np.asarray(graph.measurements, np.float64)
     if d == 2:
         Z, z_t = _rot2(z[:, 2]), z[:, :2]
@@ -43,9 +44,9 @@ def chordal_poses(graph: PoseGraph) -> np.ndarray:
     w, L_t = _weights(np.asarray(graph.information, np.float64), d)
     # a pose joined to pose 0 only through zero-weight edges is undetermined; splu may still
     # factor the numerically singular system and return rotations made up of round-off
-    _check_connected(edges[w > 0], n, 0, "edges with nonzero rotation information")
+    _check_connected(edges[w > 0], n, 0, "edges with nonzero rotation information", ids)
     _check_connected(edges[np.any(L_t != 0, axis=(1, 2))], n, 0,
-                     "edges with nonzero translation information")
+                     "edges with nonzero translation information", ids)
     ia, ib = edges[:, 0], edges[:, 1]
     eye = np.broadcast_to(np.eye(d), Z.shape)
 

@@ -112,8 +112,9 @@ class PoseGraph:
     matrix is in the tangent order of :mod:`jaxnlls.lie` / g2o: ``(x, y, theta)`` in 2D and
     ``(x, y, z, rx, ry, rz)`` in 3D. The between residual is
     ``R_k Log(z_k^{-1} T_i^{-1} T_j)`` with ``R_k^T R_k = information[k]`` (the GTSAM
-    ``BetweenFactor`` convention; g2o itself uses the quaternion vector part for the rotation
-    error, which agrees to first order).
+    ``BetweenFactor`` convention, and GTSAM's ``readG2o`` reads the same matrices into it).
+    g2o itself uses the quaternion vector part, about ``θ/2``, as the rotation error, so its
+    rotation residuals are about half of these and its reported χ² differs.
 
     Attributes:
         dim: 2 or 3.
@@ -430,7 +431,9 @@ def _read(
         if not fix_information:
             k = int(bad[0])
             ln = int(edge_lines[k])
-            what = "singular" if eig[k, 0] >= 0.0 else "not positive definite"
+            # a negative eigenvalue at round-off level is a singular (PSD) matrix, not indefinite
+            singular = eig[k, 0] >= -INFORMATION_RTOL * scale[k]
+            what = "singular" if singular else "not positive definite"
             more = f" ({bad.size} such edges in the file)" if bad.size > 1 else ""
             with np.errstate(over="ignore"):  # (an eigenvalue beyond float64 shows as inf)
                 shown = eig[k] * entry_scale[k]

@@ -11,8 +11,11 @@ import numpy as np
 
 
 def wrap_angle(theta: np.ndarray) -> np.ndarray:
-    """Wraps angles to ``[-pi, pi)``."""
-    return (np.asarray(theta) + np.pi) % (2.0 * np.pi) - np.pi
+    """Wraps angles to ``[-pi, pi)``; angles already there are returned bit for bit (the
+    modular formula moves them by up to an ulp of pi, so 1e-20 became 0 on reading)."""
+    theta = np.asarray(theta)
+    inside = (theta >= -np.pi) & (theta < np.pi)
+    return np.where(inside, theta, (theta + np.pi) % (2.0 * np.pi) - np.pi)
 
 
 def se2_compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
