@@ -321,6 +321,12 @@ def test_indexing_stacking_and_pytree(G):
     close(x[jnp.asarray([0, 2])].params, x.params[jnp.asarray([0, 2])])
     with pytest.raises(IndexError, match=G.__name__):
         x[0, 0, 0]
+    with pytest.raises(IndexError, match=G.__name__):  # an Ellipsis does not hide the count
+        x[..., 0, 0, 0]
+    with pytest.raises(ValueError, match=rf"{G.__name__}.stack needs at least one element"):
+        G.stack([])
+    assert G.identity(3).batch_shape == (3,)  # a bare int, as in jnp.zeros
+    assert G.sample_uniform(jax.random.key(1), 2, DTYPE).batch_shape == (2,)
     s = G.stack([x[0], x[1]])
     assert s.batch_shape == (2, 3)
     close(s.params, x.params[:2])
@@ -370,6 +376,28 @@ def test_integer_tangent_and_points_are_promoted():
     x = SE2.exp(jnp.asarray([1, 0, 0]))
     assert jnp.issubdtype(x.dtype, jnp.floating)
     close(x @ jnp.asarray([0, 0]), [1.0, 0.0])
+
+
+def test_complex_input_is_rejected():
+    """Casting would drop the imaginary part without a word (JAX only warns)."""
+    with pytest.raises(TypeError, match="real arrays; got one of dtype complex"):
+        SO3.exp(jnp.asarray([0.1 + 1j, 0.2, 0.3]))
+    with pytest.raises(TypeError, match="SO3 acts on real points"):
+        SO3.identity() @ jnp.asarray([1.0 + 2j, 0.0, 0.0])
+    with pytest.raises(TypeError, match="real arrays"):
+        SO3.from_matrix(jnp.eye(3) + 0j)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-15, 1.0, 1e15, 1e30])
+def test_quaternion_constructors_normalize_any_scale(scale):
+    """Scaled by max|q_i| before squaring: in float32 |q| < 1e-19 gave NaN and |q| > 2e19 the
+    zero quaternion (which then acted as the identity)."""
+    q = jnp.asarray([0.3, 0.5, -0.2, 0.787], jnp.float32)
+    unit = q / jnp.linalg.norm(q)
+    x = SO3.from_quaternion_wxyz(q * scale)
+    np.testing.assert_allclose(x.params, unit, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(SO3.from_quaternion_xyzw(jnp.roll(q * scale, -1)).params, unit,
+                               rtol=1e-6, atol=1e-7)
 
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..manifold import AbstractManifold
-from ._utils import as_float, broadcast_batch
+from ._utils import as_batch_shape, as_float, broadcast_batch
 
 
 class AbstractLieGroup(AbstractManifold):
@@ -125,7 +125,7 @@ class AbstractLieGroup(AbstractManifold):
     def identity(cls, batch_shape: Sequence[int] = (), dtype: Any = None) -> Self:
         """The identity element, broadcast to ``batch_shape``."""
         p = jnp.asarray(cls.identity_params, dtype=dtype if dtype is not None else float)
-        return cls(jnp.broadcast_to(p, tuple(batch_shape) + (cls.params_dim,)))
+        return cls(jnp.broadcast_to(p, as_batch_shape(batch_shape) + (cls.params_dim,)))
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -155,20 +155,19 @@ class AbstractLieGroup(AbstractManifold):
         """Index the batch axes: ``x[i]``, ``x[1:3]``, ``x[..., 0]``, ``x[mask]``."""
         if not isinstance(idx, tuple):
             idx = (idx,)
+        used = 0
+        for i in idx:
+            if i is None or i is Ellipsis:
+                continue
+            is_mask = hasattr(i, "dtype") and jnp.issubdtype(i.dtype, jnp.bool_)
+            used += i.ndim if is_mask else 1
+        if used > len(self.batch_shape):
+            raise IndexError(
+                f"{type(self).__name__} has batch shape {self.batch_shape}; "
+                f"too many indices ({used}) for its batch axes"
+            )
         if any(i is Ellipsis for i in idx):
-            idx = idx + (slice(None),)
-        else:
-            used = 0
-            for i in idx:
-                if i is None:
-                    continue
-                is_mask = hasattr(i, "dtype") and jnp.issubdtype(i.dtype, jnp.bool_)
-                used += i.ndim if is_mask else 1
-            if used > len(self.batch_shape):
-                raise IndexError(
-                    f"{type(self).__name__} has batch shape {self.batch_shape}; "
-                    f"too many indices ({used}) for its batch axes"
-                )
+            idx = idx + (slice(None),)  # the Ellipsis must not reach the params axis
         return type(self)(self.params[idx])
 
     def __len__(self) -> int:
@@ -180,6 +179,8 @@ class AbstractLieGroup(AbstractManifold):
     def stack(cls, elements: Sequence[Self], axis: int = 0) -> Self:
         """Stack elements of this group along a new batch axis."""
         elements = list(elements)
+        if not elements:
+            raise ValueError(f"{cls.__name__}.stack needs at least one element")
         for e in elements:
             if type(e) is not cls:
                 raise TypeError(f"{cls.__name__}.stack got a {type(e).__name__}")
@@ -260,6 +261,8 @@ def check_points(g: AbstractLieGroup, points) -> Array:
             f"{type(g).__name__} acts on points of shape (..., {g.space_dim}); "
             f"got {tuple(points.shape)}"
         )
+    if jnp.issubdtype(points.dtype, jnp.complexfloating):
+        raise TypeError(f"{type(g).__name__} acts on real points; got dtype {points.dtype}")
     if not jnp.issubdtype(points.dtype, jnp.floating):
         points = points.astype(g.dtype)
     return points

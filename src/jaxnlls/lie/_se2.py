@@ -20,6 +20,7 @@ from ._base import (
 )
 from ._so2 import SO2, rot2_apply, rot2_from_matrix, rot2_matrix, rot2_mul
 from ._utils import (
+    as_batch_shape,
     as_float,
     half_cot_coeff,
     normalize_last,
@@ -198,7 +199,7 @@ class SE2(AbstractLieGroup):
         """Heading uniform in ``[-π, π)``, translation uniform in ``[-1, 1]²``."""
         dtype = resolve_dtype(dtype)
         k1, k2 = jax.random.split(key)
-        shape = tuple(batch_shape)
+        shape = as_batch_shape(batch_shape)
         theta = jax.random.uniform(k1, shape, dtype, -jnp.pi, jnp.pi)
         t = jax.random.uniform(k2, shape + (2,), dtype, -1.0, 1.0)
         return cls(jnp.concatenate([jnp.stack([jnp.cos(theta), jnp.sin(theta)], -1), t], -1))

@@ -20,6 +20,7 @@ from ._base import (
 )
 from ._so3 import SO3, quat_exp_from_terms, quat_log_terms
 from ._utils import (
+    as_batch_shape,
     AngleTerms,
     angle_terms,
     cross,
@@ -282,7 +283,7 @@ class SE3(AbstractLieGroup):
         dtype = resolve_dtype(dtype)
         k1, k2 = jax.random.split(key)
         rot = SO3.sample_uniform(k1, batch_shape, dtype)
-        t = jax.random.uniform(k2, tuple(batch_shape) + (3,), dtype, -1.0, 1.0)
+        t = jax.random.uniform(k2, as_batch_shape(batch_shape) + (3,), dtype, -1.0, 1.0)
         return cls(jnp.concatenate([rot.params, t], axis=-1))
 
 

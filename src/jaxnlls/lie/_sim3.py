@@ -25,6 +25,7 @@ from ._base import (
 )
 from ._so3 import SO3, quat_exp, quat_log
 from ._utils import (
+    as_batch_shape,
     as_float,
     eye_like,
     hat3,
@@ -207,7 +208,7 @@ class Sim3(AbstractLieGroup):
         """Haar-uniform rotation, translation uniform in ``[-1, 1]³``, log-scale in ``[-1, 1]``."""
         dtype = resolve_dtype(dtype)
         k1, k2, k3 = jax.random.split(key, 3)
-        shape = tuple(batch_shape)
+        shape = as_batch_shape(batch_shape)
         rot = SO3.sample_uniform(k1, shape, dtype)
         t = jax.random.uniform(k2, shape + (3,), dtype, -1.0, 1.0)
         log_s = jax.random.uniform(k3, shape + (1,), dtype, -1.0, 1.0)

@@ -17,7 +17,7 @@ from ._base import (
     check_tangent,
     resolve_dtype,
 )
-from ._utils import as_float, normalize_last
+from ._utils import as_batch_shape, as_float, normalize_last
 
 
 def rot2_mul(a: Array, b: Array) -> Array:
@@ -126,5 +126,5 @@ class SO2(AbstractLieGroup):
     def sample_uniform(cls, key: Array, batch_shape: Sequence[int] = (), dtype: Any = None) -> SO2:
         """Angle uniform in ``[-π, π)``."""
         dtype = resolve_dtype(dtype)
-        theta = jax.random.uniform(key, tuple(batch_shape), dtype, -jnp.pi, jnp.pi)
+        theta = jax.random.uniform(key, as_batch_shape(batch_shape), dtype, -jnp.pi, jnp.pi)
         return cls.from_angle(theta)

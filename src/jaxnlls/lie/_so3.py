@@ -18,6 +18,7 @@ from ._base import (
     resolve_dtype,
 )
 from ._utils import (
+    as_batch_shape,
     POLY_SMALL_SQ,
     AngleTerms,
     angle_terms,
@@ -26,6 +27,7 @@ from ._utils import (
     cos_half_of,
     half_angle_over_norm,
     jr_inv_coeff_of,
+    normalize_any_scale,
     normalize_last,
     one_minus_cos_over_sq_of,
     quat_conj,
@@ -174,7 +176,7 @@ class SO3(AbstractLieGroup):
         q = as_float(q)
         if q.ndim == 0 or q.shape[-1] != 4:
             raise ValueError(f"SO3 quaternion must have shape (..., 4); got {tuple(q.shape)}")
-        return cls(normalize_last(q))
+        return cls(normalize_any_scale(q))
 
     @classmethod
     def from_quaternion_xyzw(cls, q: Float[Array, "*batch 4"]) -> SO3:
@@ -298,7 +300,7 @@ class SO3(AbstractLieGroup):
     def sample_uniform(cls, key: Array, batch_shape: Sequence[int] = (), dtype: Any = None) -> SO3:
         """Haar-uniform rotations (normalized Gaussian 4-vectors), ``w >= 0``."""
         dtype = resolve_dtype(dtype)
-        q = jax.random.normal(key, tuple(batch_shape) + (4,), dtype)
+        q = jax.random.normal(key, as_batch_shape(batch_shape) + (4,), dtype)
         q = normalize_last(q)
         return cls(jnp.where(q[..., :1] < 0, -q, q))
 

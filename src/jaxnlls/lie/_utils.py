@@ -22,11 +22,21 @@ from jaxtyping import Array, Float
 
 
 def as_float(x) -> Array:
-    """``jnp.asarray`` that turns non-floating input into the default float dtype."""
+    """``jnp.asarray`` that turns integer or boolean input into the default float dtype; complex
+    input is an error (casting would drop the imaginary part without a word)."""
     x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"jaxnlls.lie takes real arrays; got one of dtype {x.dtype}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.asarray(0.0).dtype)
     return x
+
+
+def as_batch_shape(batch_shape) -> tuple[int, ...]:
+    """``batch_shape`` as a tuple; a bare integer ``n`` means ``(n,)``, as in ``jnp.zeros``."""
+    if isinstance(batch_shape, int):
+        return (batch_shape,)
+    return tuple(batch_shape)
 
 
 def small_threshold(dtype, order: int, n_terms: int) -> float:
@@ -523,3 +533,12 @@ def quat_retract_jac(q: Array) -> Array:
 
 def normalize_last(x: Array) -> Array:
     return x / jnp.sqrt(sum_sq(x))[..., None]
+
+
+def normalize_any_scale(x: Array) -> Array:
+    """``x / |x|`` for user input of any finite nonzero scale: dividing by ``max |x_i|`` first
+    keeps the squared norm from underflowing (|x| < 1e-19 in float32 gave NaN) or overflowing
+    (|x| > 2e19 gave the zero quaternion). ``normalize_last`` stays the fast path for the
+    near-unit parameters of ``retract``."""
+    m = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    return normalize_last(x / jnp.where(m > 0, m, jnp.ones_like(m)))
