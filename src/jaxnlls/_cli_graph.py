@@ -6,7 +6,9 @@ Both commands run in float64 (they set ``jax_enable_x64``: they own their proces
 is the first call minus the steady-state ``solve_seconds``, the definition used by the peers'
 baselines) and exit with 0 when the solver converged (also to a rank-deficient optimum, reported
 as ``rank_deficient``), 1 when it did not (``max_steps`` reached or a numerical failure), 2 on
-a bad input file (the reader's message, ``FILE:LINE: TAG: ...``).
+a bad input file (the reader's message, ``FILE:LINE: TAG: ...``), a bad option, an output path
+that cannot be written (checked before the solve) or a graph the chosen start cannot handle.
+Under ``--json`` an error is the object ``{"error": ...}``, and non-finite costs are ``null``.
 """
 
 from __future__ import annotations
