@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import pytest
 
@@ -134,6 +135,13 @@ def test_bad_solver_and_adjoint_arguments():
         jaxnlls.TruncatedAdjoint(0)
     with pytest.raises(ValueError, match="eps > 0"):
         jaxnlls.DirectLossAdjoint(eps=0.0)
+    # before: accepted, then an AttributeError ('NoneType' has no 'solve') deep in the loop
+    for solver in (jaxnlls.LevenbergMarquardt, jaxnlls.GaussNewton, jaxnlls.Dogleg,
+                   jaxnlls.graph.GraphLevenbergMarquardt):
+        with pytest.raises(TypeError, match=rf"{solver.__name__}\(linear_solver=...\) must be"):
+            solver(linear_solver=None)
+    with pytest.raises(TypeError, match=r"lineax solvers belong to ImplicitAdjoint"):
+        jaxnlls.LevenbergMarquardt(linear_solver=lx.CG(rtol=1e-6, atol=1e-6))
 
 
 def test_result_messages_cover_every_code():

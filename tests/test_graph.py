@@ -403,7 +403,7 @@ def test_implicit_gradient_matches_finite_differences(requires_x64, hessian):
     del target
 
 
-def _information_scaled_loss(graph, init, max_steps, linear_solver=None):
+def _information_scaled_loss(graph, init, max_steps, linear_solver=DenseCholesky()):
     """``w ↦ Σ‖tᵢ‖²`` at the solution with the first factor group's square-root information
     scaled per factor by ``w``, and the adjoint as second argument."""
 
@@ -422,7 +422,7 @@ def _information_scaled_loss(graph, init, max_steps, linear_solver=None):
 @pytest.mark.slow
 def test_gradient_wrt_information_and_unroll(requires_x64):
     graph, init, _ = small_graph(6, n=5, landmarks=0, noise=0.1)
-    loss = _information_scaled_loss(graph, init, 40, DenseCholesky())
+    loss = _information_scaled_loss(graph, init, 40)
     w0 = jnp.ones(graph.structure.groups[0].size)
     g_imp = jax.grad(loss)(w0, None)
     pairs = _directional(lambda w: float(loss(w, None)), g_imp, w0, 1e-6)

@@ -12,6 +12,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Bool, Float
 
 from .._misc import safe_div, safe_norm
@@ -34,6 +35,16 @@ class AbstractSolver(eqx.Module):
     gtol: eqx.AbstractVar[float]
     linear_solver: eqx.AbstractVar[AbstractStepSolver]
     verbose: eqx.AbstractVar[bool]
+
+    def __check_init__(self):
+        if not isinstance(self.linear_solver, AbstractStepSolver):
+            hint = (" (lineax solvers belong to ImplicitAdjoint(linear_solver=...))"
+                    if isinstance(self.linear_solver, lx.AbstractLinearSolver) else "")
+            raise TypeError(
+                f"{type(self).__name__}(linear_solver=...) must be a jaxnlls step solver such "
+                "as DenseCholesky(), SparseCholesky(), BlockJacobiPCG() or SchurComplement(); "
+                f"got {self.linear_solver!r}{hint}"
+            )
 
     @abc.abstractmethod
     def init(self, lin: AbstractLinearization, cost, x_norm) -> Any:
