@@ -94,6 +94,15 @@ def test_rank_check_under_vmap_equals_loop():
     batched = jax.vmap(is_rank_deficient)(A)
     looped = [bool(jax.jit(is_rank_deficient)(a)) for a in A]
     assert [bool(v) for v in batched] == looped == [False, False, True, False, True, False, False]
+    # the same test with the diagonal given separately (a factor graph's gram_diag)
+    with_diag = jax.vmap(lambda a: is_rank_deficient(a, jnp.diagonal(a)))(A)
+    assert [bool(v) for v in with_diag] == looped
+    # scale invariance holds for both forms: badly scaled but well-posed is not singular
+    s = jnp.asarray(np.logspace(-3, 3, A.shape[-1]), A.dtype)
+    scaled = A * s[None, :, None] * s[None, None, :]
+    assert [bool(v) for v in jax.vmap(is_rank_deficient)(scaled)] == looped
+    assert [bool(v) for v in jax.vmap(lambda a: is_rank_deficient(a, jnp.diagonal(a)))(scaled)] \
+        == looped
 
 
 def test_batched_solves_inside_a_vmapped_while_loop(tol):

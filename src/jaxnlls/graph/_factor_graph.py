@@ -239,7 +239,8 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
         # an unobserved variable is reported instead of a damped "success" whose implicit
         # gradient would solve a singular system. Sparse graphs are not checked (it would
         # take a rank-revealing factorization; bundle adjustment relies on damping there).
-        rank_deficient = is_rank_deficient(jax.lax.stop_gradient(state.lin.gram()))
+        lin = jax.lax.stop_gradient(state.lin)
+        rank_deficient = is_rank_deficient(lin.gram(), diag=lin.gram_diag())
         result = jnp.where(rank_deficient & (result == RESULTS.successful), RESULTS.singular,
                            result).astype(jnp.int32)
     stats = Stats(

@@ -263,14 +263,27 @@ def psd_solve(A: Float[Array, "n n"], b: Float[Array, " n"]) -> tuple[Array, Boo
     return _implicit_solve(_loop_solve if n <= LOOP_N else _large_solve, A, b)
 
 
-def is_rank_deficient(A: Float[Array, "n n"]) -> Bool[Array, ""]:
+def is_rank_deficient(A: Float[Array, "n n"], diag: Float[Array, " n"] | None = None
+                      ) -> Bool[Array, ""]:
     """Whether the PSD matrix ``A`` is numerically singular.
 
     The test is scale-invariant: ``A`` is first scaled to unit diagonal (so badly scaled but
     well-posed problems such as NIST Hahn1 are not flagged), then a Cholesky pivot below
     ``n·eps`` marks a singular direction. A zero column is singular outright.
+
+    ``diag``: ``A``'s diagonal, when the caller has it from elsewhere (a factor graph's
+    ``gram_diag`` from its Jacobian blocks). Then ``A`` itself is read once, by the
+    factorization, and the pivot rule is applied relative to ``diag``: the same test, since
+    the Cholesky factor of the scaled matrix is the scaled factor. Under ``vmap`` in one
+    program with the ``JᵀJ`` assembly, a second reader of ``A`` (its diagonal) cost 25 ms on
+    4,096 systems of 30 unknowns.
     """
     n = A.shape[-1]
+    if diag is not None and SMALL_N < n:
+        L = jnp.linalg.cholesky(A)
+        piv = jnp.diagonal(L, axis1=-2, axis2=-1)
+        floor = n * jnp.finfo(A.dtype).eps * jnp.maximum(diag, jnp.finfo(A.dtype).tiny)
+        return jnp.any(diag <= 0) | ~jnp.all(jnp.isfinite(piv) & (piv * piv > floor))
     d = jnp.diagonal(A)
     zero_col = jnp.any(d <= 0)
     s = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
