@@ -19,7 +19,7 @@ def test_nonfinite_init_is_reported():
     x0 = jnp.asarray([1.0, jnp.nan])
     sol = jaxnlls.solve(_res, x0, jnp.ones(2), throw=False)
     assert int(sol.result) == jaxnlls.RESULTS.nonfinite_input
-    with pytest.raises(Exception, match="non-finite .* `init` or `params`"):
+    with pytest.raises(Exception, match=r"non-finite .* \(`init` or `params` of jaxnlls.solve"):
         jaxnlls.solve(_res, x0, jnp.ones(2))
 
 

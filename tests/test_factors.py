@@ -135,14 +135,75 @@ def test_point_to_point_recovers_transform(getkey, tol):
     got = sol.value[P3(0)]
     err = got.local(T)
     assert float(jnp.max(jnp.abs(err))) < (1e-8 if jax.config.jax_enable_x64 else 1e-3)
-    # point-to-plane residual equals nᵀ(T·p - q)
+    # point-to-plane residual equals n̂ᵀ(T·p - q) with the normal normalized: its length
+    # (here 0.5-5) does not weight the residual (it did, silently)
     normals = jax.random.normal(getkey(), (n, 3), dt)
+    normals = normals * jnp.linspace(0.5, 5.0, n, dtype=dt)[:, None]
+    unit = normals / jnp.linalg.norm(normals, axis=1, keepdims=True)
     g2 = FactorGraph.build(
         [point_to_plane(P3(np.zeros(n, np.int64)), src, dst + 0.1, normals, jnp.full(n, 2.0, dt))],
         gauge=None,
     )
     r = _res(g2, VarValues.make({P3(0): T}))
-    np.testing.assert_allclose(r, 2.0 * jnp.sum(normals * -0.1, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(r, 2.0 * jnp.sum(unit * -0.1, 1), rtol=1e-4, atol=1e-4)
+    # a zero normal names no plane (it silently removed the factor)
+    with pytest.raises(ValueError, match="point_to_plane: normal 3 is zero or not finite"):
+        point_to_plane(P3(np.zeros(n, np.int64)), src, dst, normals.at[3].set(0.0),
+                       jnp.ones(n, dt))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_between_scalar_weight_linearizes(batched, tol):
+    """A scalar ``sqrt_info`` (one per edge when batched) is documented and worked for the cost,
+    but the fused linearization indexed it as a vector (IndexError)."""
+    dt = _dt()
+    x = SE3.exp(jnp.asarray(np.random.default_rng(0).normal(size=(3, 6)), dt))
+    z = SE3.exp(jnp.asarray(np.random.default_rng(1).normal(size=(2, 6)) * 0.1, dt))
+    ia, ib = np.arange(2), np.arange(1, 3)
+    w = jnp.asarray([2.0, 0.5], dt)
+    if batched:
+        scalar = between(P3(ia), P3(ib), z, w)
+    else:
+        scalar = between(P3(0), P3(1), z[0], w[0])
+        ia, ib, z, w = ia[:1], ib[:1], z[:1], w[:1]
+    matrix = between(P3(ia), P3(ib), z, w[:, None, None] * jnp.eye(6, dtype=dt)[None])
+    vals = VarValues.make({P3(np.arange(3)): x})
+    ga, gb = (FactorGraph.build([f], gauge=None) for f in (scalar, matrix))
+    np.testing.assert_allclose(_lin(ga, vals), _lin(gb, vals), rtol=tol.rtol, atol=tol.atol)
+    np.testing.assert_allclose(_lin_r(ga, vals), _res(gb, vals), rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("kind", ["bearing2d", "range_bearing2d"])
+def test_bearing_of_a_landmark_at_the_pose_is_finite(kind):
+    """At zero range the bearing is undefined and ``atan2``'s derivative is NaN: the Jacobian was
+    NaN and the solve blamed the residual. Now a zero row, reported as a singular direction."""
+    dt = _dt()
+    # θ = 0 so that the landmark's position in the pose frame is exactly zero
+    pose = SE2.from_xy_theta(jnp.asarray(1.0, dt), jnp.asarray(2.0, dt), jnp.asarray(0.0, dt))
+    f = (bearing2d(P2(0), L2(5), jnp.asarray(0.2, dt), jnp.asarray(1.0, dt))
+         if kind == "bearing2d" else
+         range_bearing2d(P2(0), L2(5), jnp.asarray(0.2, dt), jnp.asarray(1.0, dt),
+                         jnp.eye(2, dtype=dt)))
+    g = FactorGraph.build([f, prior(P2(0), pose, jnp.ones(3, dt))], gauge=None)
+    vals = VarValues.make({P2(0): pose, L2(5): pose.translation()})
+    J = np.asarray(_lin(g, vals))
+    assert np.all(np.isfinite(J))
+    row = 0 if kind == "bearing2d" else 3  # groups by name: bearing2d < prior < range_...
+    assert np.all(J[row, :2] == 0.0)  # the bearing row w.r.t. the landmark (L2 < P2)
+    sol = g.solve(vals, throw=False, max_steps=5)
+    assert int(sol.result) != 3  # not "the residual became non-finite"
+
+
+def test_complex_factor_data_is_refused():
+    """A complex ``sqrt_info`` or weight lost its imaginary part with only a warning."""
+    dt = _dt()
+    g = FactorGraph.build([between(_Pose2(0), _Pose2(1), SE2.identity(dtype=dt),
+                                   (1 + 5j) * jnp.eye(3))], gauge=None)
+    with pytest.raises(TypeError, match="in factor between: sqrt_info is complex"):
+        g.linearize(g.initial_values(dt))
+    g = FactorGraph.build([range2d(_Pose2(0), _Pt(0), jnp.asarray(1.0, dt), 2j)], gauge=None)
+    with pytest.raises(TypeError, match="in factor range2d: weight is complex"):
+        g.linearize(g.initial_values(dt))
 
 
 _lin_r = eqx.filter_jit(lambda g, v: g.linearize(v).residual)

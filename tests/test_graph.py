@@ -841,3 +841,101 @@ def test_dense_graph_without_gauge_reports_singular():
     assert [int(c) for c in batched.result] == [int(s.result) for s in loop] == [
         int(jaxnlls.RESULTS.successful), int(jaxnlls.RESULTS.singular)]
     assert [bool(b) for b in batched.stats.rank_deficient] == [False, True]
+
+
+def _unobserved_landmark_graph():
+    """``small_graph`` with landmark 100's two observations weighted 0: its columns of ``JᵀJ``
+    are exactly zero, so undamped (Gauss-Newton) step systems are singular."""
+    graph, init, _ = small_graph(4)
+    k = graph.group_index(lm_obs)
+    data = list(graph.data)
+    (pose, lm, z, w), loss = data[k]
+    data[k] = ((pose, lm, z, jnp.where(jnp.arange(len(w)) % 3 == 0, 0.0, w)), loss)
+    return graph, init, tuple(data)
+
+
+_SPARSE_SOLVERS = {"qdldl": SparseCholesky("qdldl"), "supernodal": SparseCholesky("supernodal"),
+                   "scipy": SparseCholesky("scipy"), "pcg": BlockJacobiPCG()}
+
+
+@pytest.mark.parametrize("name", list(_SPARSE_SOLVERS))
+def test_failed_step_solve_is_reported_not_success(name):
+    """A sparse solver's fallback for a failed solve is a zero step, which the loop took for
+    convergence: "successful" at the starting point. (qdldl also solved with a stale factor
+    after ``update`` hit a zero pivot, and Gauss-Newton then diverged to a cost of 1e161.)"""
+    if name == "qdldl":
+        pytest.importorskip("qdldl")
+    graph, init, data = _unobserved_landmark_graph()
+    gn = jaxnlls.GaussNewton(linear_solver=_SPARSE_SOLVERS[name])
+    sol = graph.solve(init, data, solver=gn, throw=False)
+    assert int(sol.result) == int(jaxnlls.RESULTS.linear_solve_failed)
+    np.testing.assert_allclose(sol.stats.final_cost, sol.stats.initial_cost, rtol=1e-6)
+    with pytest.raises(Exception, match="linear solve for the step failed"):
+        jax.block_until_ready(graph.solve(init, data, solver=gn).value)
+    # the dense path's basic solutions reach the minimum of the observed part: RESULTS.singular
+    dense = graph.solve(init, data, solver=jaxnlls.GaussNewton(), throw=False)
+    assert int(dense.result) == int(jaxnlls.RESULTS.singular)
+    assert float(dense.stats.final_cost) < 0.5 * float(sol.stats.final_cost)
+    # damped, the same solvers converge (the gauge of the unobserved landmark is damped away)
+    lm = graph.solve(init, data, linear_solver=_SPARSE_SOLVERS[name], throw=False)
+    assert int(lm.result) == int(jaxnlls.RESULTS.successful)
+    np.testing.assert_allclose(lm.stats.final_cost, dense.stats.final_cost, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["qdldl", "supernodal"])
+def test_singular_system_after_a_reused_factorization_is_reported(backend):
+    """qdldl's ``update`` (used for every matrix after the first of a pattern, and by the
+    supernodal backend's fallback for indefinite matrices) ignored a zero pivot and solved with a
+    half-updated factor: ``ok=True`` and a residual of 27%."""
+    pytest.importorskip("qdldl")
+    graph, init, data = _unobserved_landmark_graph()
+    lin = _linearize(graph.with_data(data), init)
+    n = graph.tangent_size
+    A = np.asarray(lin.jac.to_dense()).T @ np.asarray(lin.jac.to_dense())
+    zero = np.all(A == 0, axis=0)
+    assert zero.sum() == 2
+    rhs = jnp.asarray(np.random.default_rng(0).normal(size=n), _dtype())
+    singular = jnp.asarray(np.where(zero, 0.0, 1.0), _dtype())
+    indefinite = jnp.asarray(np.where(np.arange(n) == 4, -1e6, 1.0), _dtype())
+    solve = jax.jit(lambda l, d, b: SparseCholesky(backend).solve(l, d, b))
+    for damping in (indefinite, singular, jnp.ones(n, _dtype()), singular):
+        x, ok = solve(lin, damping, rhs)
+        M = A + np.diag(np.asarray(damping, np.float64))
+        resid = np.linalg.norm(M @ np.asarray(x, np.float64) - np.asarray(rhs))
+        if damping is singular:
+            assert not bool(ok)
+        else:
+            assert bool(ok) and resid < 1e-3 * np.linalg.norm(np.asarray(rhs))
+
+
+def test_pcg_reports_an_unconverged_solve():
+    graph, init, _ = small_graph(2)
+    lin = _linearize(graph, init)
+    n = graph.tangent_size
+    damping = jnp.full(n, 1e-3, _dtype())
+    rhs = -lin.rmv(lin.residual)
+    ref = _damped_dense(lin, damping, rhs)
+    x3, ok3 = jax.jit(lambda l: BlockJacobiPCG(max_steps=3).solve(l, damping, rhs))(lin)
+    assert not bool(ok3)  # was True: the `converged` flag was dropped
+    assert float(jnp.linalg.norm(x3 - ref)) > 1e-3 * float(jnp.linalg.norm(ref))
+    x, ok = jax.jit(lambda l: BlockJacobiPCG().solve(l, damping, rhs))(lin)
+    assert bool(ok)
+
+
+def test_non_finite_factor_data_is_named():
+    """NaN data gave "non-finite value in `init` or `params`", naming neither the factor nor the
+    argument (and FactorGraph.solve has no `params`)."""
+    graph, init, _ = small_graph(1)
+    k = graph.group_index(lm_obs)
+    data = list(graph.data)
+    (pose, lm, z, w), loss = data[k]
+    data[k] = ((pose, lm, z.at[1, 0].set(jnp.nan), w), loss)
+    named = "non-finite .* in the data of factor test_graph.lm_obs: argument 'z'"
+    with pytest.raises(Exception, match=named):
+        jax.block_until_ready(graph.solve(init, tuple(data)).value)
+    sol = graph.solve(init, tuple(data), throw=False)
+    assert int(sol.result) == int(jaxnlls.RESULTS.nonfinite_input)
+    bad = VarValues.make({Pose(np.arange(7)): init.get(Pose),
+                          Lm(np.arange(3) + 100): init.get(Lm).at[0, 0].set(jnp.inf)})
+    with pytest.raises(Exception, match=r"non-finite .* in init \(the Lm variables\)"):
+        jax.block_until_ready(graph.solve(bad).value)

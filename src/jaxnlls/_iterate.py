@@ -93,18 +93,21 @@ def _predicted_decrease(lin, grad, delta):
 
 
 def propose(problem, solver: AbstractSolver, state: LoopState):
-    """A step from the current linearization: ``(aux, δ, x ⊕ δ, predicted decrease)``."""
+    """A step from the current linearization: ``(aux, δ, x ⊕ δ, predicted decrease, ok)``,
+    ``ok`` False when the step's linear solve failed (``δ`` is then the step solver's finite
+    fallback)."""
     lin, grad, aux = state.lin, state.grad, state.aux
     if isinstance(solver, LevenbergMarquardt):
         aux = solver.rescale(aux, lin)
-    delta, _ = solver.propose(lin, grad, aux)  # a failed solve returns a finite fallback
-    return aux, delta, problem.retract(state.x, delta), _predicted_decrease(lin, grad, delta)
+    delta, ok = solver.propose(lin, grad, aux)
+    x_try = problem.retract(state.x, delta)
+    return aux, delta, x_try, _predicted_decrease(lin, grad, delta), ok
 
 
 def step(problem, solver: AbstractSolver, state: LoopState) -> LoopState:
     """One iteration: propose, evaluate the trial point, accept or reject, test convergence."""
-    aux, delta, x_try, predicted = propose(problem, solver, state)
-    return judge(problem, solver, state, (aux, delta, x_try, predicted), problem.linearize(x_try))
+    proposal = propose(problem, solver, state)
+    return judge(problem, solver, state, proposal, problem.linearize(proposal[2]))
 
 
 def judge(
@@ -112,7 +115,7 @@ def judge(
 ) -> LoopState:
     """Accept or reject the trial point of ``proposal`` (from :func:`propose`), linearized as
     ``lin_full``, against ``state``; test convergence."""
-    aux, delta, x_try, predicted = proposal
+    aux, delta, x_try, predicted, solve_ok = proposal
     lin, grad = state.lin, state.grad
     r_try = lin_full.residual
     cost_try = 0.5 * jnp.sum(r_try * r_try)
@@ -165,7 +168,14 @@ def judge(
     # residual, not at a stationary point: report it rather than success.
     wall = (state.wall | ~finite) & ~(accept & ~step_small)
     failed = (~finite) & solver.stop_on_nonfinite | (wall & converged & ~grad_small)
-    result = jnp.where(failed, RESULTS.nonfinite_residual, state.result).astype(jnp.int32)
+    result = jnp.where(failed, RESULTS.nonfinite_residual, state.result)
+    # A failed linear solve returns a fallback step: zero for the sparse and Schur solvers, an
+    # unconverged iterate for CG. When that step is small the loop would stop as if converged,
+    # at a point that is not a stationary point: report the failure instead. (The dense
+    # solvers' fallback for a singular JᵀJ is a basic solution, a real step; where it is small
+    # the point is a minimum, and the final rank test reports RESULTS.singular.)
+    solve_failed = converged & ~grad_small & ~solve_ok & ~failed
+    result = jnp.where(solve_failed, RESULTS.linear_solve_failed, result).astype(jnp.int32)
     new = LoopState(
         x,
         new_lin,

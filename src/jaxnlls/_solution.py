@@ -26,14 +26,26 @@ class RESULTS:
         0: "successful",
         1: "the solver reached max_steps without converging; its value is not a stationary "
         "point, so gradients through it are not trustworthy (raise max_steps or loosen rtol/atol)",
-        2: "non-finite (NaN or inf) value in `init` or `params`",
+        2: "non-finite (NaN or inf) value in the inputs (`init` or `params` of jaxnlls.solve; "
+        "the initial values or factor data of FactorGraph.solve)",
         3: "the residual became non-finite (NaN or inf) at the initial point or every trial step "
         "(the solver stopped against a NaN/inf region of the residual, not at a stationary point)",
         4: "the problem is rank deficient: J^T J is singular at the solution, so the minimizer is not "
         "unique (the returned value is finite, but implicit gradients are not defined); add a prior "
         "or regularization, or pass throw=False to accept it",
-        5: "the linear solve for the step failed",
+        5: "the linear solve for the step failed (J^T J + damping singular or not positive "
+        "definite, or an iterative solver that did not converge) and the solver stopped where "
+        "it was, which is not a stationary point; add a prior or gauge, use Levenberg-Marquardt, "
+        "or raise the iterative solver's max_steps",
     }
+
+    @classmethod
+    def stopped_clean(cls, result):
+        """Whether the loop stopped on its convergence test: ``successful``, or
+        ``linear_solve_failed`` (a failed step solve on a small step), which a final rank test
+        that finds ``JᵀJ`` singular turns into ``singular``: the point is then a minimum whose
+        minimizer is not unique, and the failed solve was that singularity."""
+        return (result == cls.successful) | (result == cls.linear_solve_failed)
 
     @classmethod
     def message(cls, code: int) -> str:

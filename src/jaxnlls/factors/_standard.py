@@ -9,10 +9,20 @@ arrays and stacked data (see :func:`jaxnlls.graph.factor`). Tangent conventions 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from ..graph import factor
 from ..lie import AbstractLieGroup
 from ..manifold import is_manifold
+
+
+def _real(value, name: str):
+    """``value`` as an array, refusing complex data (a cast to the residual's real dtype would
+    drop the imaginary part with only a warning)."""
+    a = jnp.asarray(value)
+    if jnp.iscomplexobj(a):
+        raise TypeError(f"{name} is complex ({a.dtype}); factor data must be real")
+    return a
 
 
 def _check_sqrt_info(L, d: int) -> None:
@@ -25,7 +35,7 @@ def _check_sqrt_info(L, d: int) -> None:
 
 def _w(sqrt_info, r):
     """``L r`` for a matrix ``L``, or ``w r`` for a scalar / diagonal vector weight."""
-    L = jnp.asarray(sqrt_info)
+    L = _real(sqrt_info, "sqrt_info")
     _check_sqrt_info(L, r.shape[0])
     if L.ndim == 2:
         return L.astype(r.dtype) @ r
@@ -53,13 +63,14 @@ def _between_lin(vals, a, b, z, sqrt_info):
     Jinv = type(xa).jac_right_inv(e)
     Jb = Jinv
     Ja = -Jinv @ T.inverse().adjoint()
-    L = jnp.asarray(sqrt_info)
+    L = _real(sqrt_info, "sqrt_info")
     _check_sqrt_info(L, e.shape[0])
     if L.ndim == 2:
         Lc = L.astype(e.dtype)
         return Lc @ e, (Lc @ Ja, Lc @ Jb)
     w = L.astype(e.dtype)
-    return w * e, (w[:, None] * Ja, w[:, None] * Jb)
+    wr = w if w.ndim == 0 else w[:, None]  # a scalar weight, or a diagonal scaling the rows
+    return w * e, (wr * Ja, wr * Jb)
 
 
 def _between_jac(vals, a, b, z, sqrt_info):
@@ -120,14 +131,44 @@ def point_to_point(vals, pose, p_src, p_dst, sqrt_info):
     return _w(sqrt_info, (x @ p_src.astype(x.dtype)) - p_dst.astype(x.dtype))
 
 
-@factor(name="point_to_plane", jac="fwd")
-def point_to_plane(vals, pose, p_src, p_dst, normal, weight):
-    """Point-to-plane factor ``r = w · nᵀ(x · p_src - p_dst)`` (scalar residual; ``normal`` is the
-    destination surface normal, ``weight`` a scalar ``1/σ``)."""
+def _check_normals(pose, p_src, p_dst, normal, weight):
+    """Host-side check of concrete normals (traced ones are not checked)."""
+    try:
+        n = np.asarray(normal)
+    except Exception:  # a tracer: the factor was made inside a transformation
+        return
+    if n.dtype.kind == "c":
+        return  # refused with a TypeError when the factor is evaluated
+    nn = np.sum(np.square(n, dtype=np.float64), axis=-1)
+    bad = ~(np.isfinite(nn) & (nn > 0))
+    if np.any(bad):
+        k = int(np.flatnonzero(np.ravel(bad))[0])
+        raise ValueError(
+            f"factor point_to_plane: normal {k} is zero or not finite; a normal must be a "
+            "nonzero vector (its length does not matter: it is normalized)"
+        )
+
+
+def _point_to_plane(vals, pose, p_src, p_dst, normal, weight):
     x = vals[pose]
-    d = (x @ p_src.astype(x.dtype)) - p_dst.astype(x.dtype)
-    w = jnp.asarray(weight, x.dtype)  # data in the variables' dtype, as everywhere here
-    return jnp.reshape(w * jnp.sum(normal.astype(x.dtype) * d), (1,))
+    d = (x @ _real(p_src, "p_src").astype(x.dtype)) - _real(p_dst, "p_dst").astype(x.dtype)
+    w = _real(weight, "weight").astype(x.dtype)  # data in the variables' dtype, as everywhere
+    n = _real(normal, "normal").astype(x.dtype)
+    nn = jnp.sum(n * n)
+    # double where: a finite (zero) derivative at n = 0
+    n_hat = jnp.where(nn > 0, n / jnp.sqrt(jnp.where(nn > 0, nn, 1.0)), 0.0)
+    return jnp.reshape(w * jnp.sum(n_hat * d), (1,))
+
+
+point_to_plane = factor(_point_to_plane, jac="fwd", name="point_to_plane", check=_check_normals)
+point_to_plane.__doc__ = """Point-to-plane factor ``r = w · n̂ᵀ(x · p_src - p_dst)`` (scalar
+residual; ``normal`` is the destination surface normal, ``weight`` a scalar ``1/σ``).
+
+The normal is normalized, ``n̂ = n/‖n‖``, so its length does not scale the residual (weight with
+``weight``). A zero or non-finite normal raises ``ValueError`` naming the factor and the normal
+when the factor is made; a traced zero normal (data replaced at solve time) gives a zero
+residual and Jacobian row, which the solve reports as singular rather than NaN.
+"""
 
 
 def _landmark_in_pose(x, lm):
@@ -140,7 +181,8 @@ def range2d(vals, pose, landmark, measured, weight):
     x, lm = vals[pose], vals[landmark]
     diff = lm - x.translation()
     dist = jnp.sqrt(jnp.sum(diff * diff) + jnp.finfo(diff.dtype).tiny)
-    w, z = jnp.asarray(weight, dist.dtype), jnp.asarray(measured, dist.dtype)
+    w = _real(weight, "weight").astype(dist.dtype)
+    z = _real(measured, "measured").astype(dist.dtype)
     return jnp.reshape(w * (dist - z), (1,))
 
 
@@ -148,12 +190,22 @@ def _wrap(a):
     return jnp.arctan2(jnp.sin(a), jnp.cos(a))
 
 
+def _bearing(local):
+    """``atan2(l_y, l_x)``, 0 with a zero derivative at ``l = 0`` (where the bearing is undefined
+    and ``atan2``'s derivative is NaN): a landmark at the pose is reported as a singular
+    direction by the solve, not as a non-finite residual."""
+    r2 = jnp.sum(local * local)
+    safe = jnp.where(r2 > 0, local, jnp.ones_like(local))
+    return jnp.where(r2 > 0, jnp.arctan2(safe[1], safe[0]), 0.0)
+
+
 @factor(name="bearing2d", jac="fwd")
 def bearing2d(vals, pose, landmark, measured, weight):
     """2D bearing ``r = w · wrap(atan2(l_y, l_x) - z)`` of a landmark in the SE2 pose frame."""
     local = _landmark_in_pose(vals[pose], vals[landmark])
-    w, z = jnp.asarray(weight, local.dtype), jnp.asarray(measured, local.dtype)
-    return jnp.reshape(w * _wrap(jnp.arctan2(local[1], local[0]) - z), (1,))
+    w = _real(weight, "weight").astype(local.dtype)
+    z = _real(measured, "measured").astype(local.dtype)
+    return jnp.reshape(w * _wrap(_bearing(local) - z), (1,))
 
 
 @factor(name="range_bearing2d", jac="fwd")
@@ -161,7 +213,7 @@ def range_bearing2d(vals, pose, landmark, bearing, range_, sqrt_info):
     """Combined 2D bearing-range ``r = L · (wrap(bearing_pred - bearing), range_pred - range)``
     (GTSAM ``BearingRangeFactor2D``; Victoria Park's LANDMARK lines)."""
     local = _landmark_in_pose(vals[pose], vals[landmark])
-    b = _wrap(jnp.arctan2(local[1], local[0]) - jnp.asarray(bearing, local.dtype))
+    b = _wrap(_bearing(local) - _real(bearing, "bearing").astype(local.dtype))
     rng = jnp.sqrt(jnp.sum(local * local) + jnp.finfo(local.dtype).tiny)
-    rng = rng - jnp.asarray(range_, local.dtype)
+    rng = rng - _real(range_, "range_").astype(local.dtype)
     return _w(sqrt_info, jnp.stack([b, rng]))

@@ -115,6 +115,7 @@ class FactorType:
         jacobian: Callable | None = None,
         name: str | None = None,
         linearize: Callable | None = None,
+        check: Callable | None = None,
     ):
         if jac not in ("auto", "fwd", "rev"):
             raise ValueError(f"factor {fn!r}: jac must be 'auto', 'fwd' or 'rev', got {jac!r}")
@@ -122,10 +123,13 @@ class FactorType:
         self.jac = jac
         self.jacobian = jacobian
         self.linearize = linearize
+        self.check = check
         self.name = name or f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, loss: Any = None) -> Factor:
+        if self.check is not None:
+            self.check(*args)
         return Factor(self, args, loss)
 
     def __repr__(self) -> str:
@@ -139,6 +143,7 @@ def factor(
     jacobian: Callable | None = None,
     name: str | None = None,
     linearize: Callable | None = None,
+    check: Callable | None = None,
 ) -> Any:
     """Turn a residual function ``fn(vals, *args) -> residual`` into a factor constructor.
 
@@ -158,6 +163,9 @@ def factor(
             ``jacobian``, so that subexpressions they share (a group element's ``log``, its
             composition chain) are traced and computed once. Takes precedence over
             ``jacobian`` when building Jacobian blocks; ``fn`` is still used for residuals.
+        check: optional ``check(*args)`` run on the host when a factor is made, with the args as
+            given (``Var`` s and the whole, possibly batched, data): raise there to reject bad
+            data with a message naming the factor, before anything is traced.
 
     Returns:
         A :class:`FactorType`; call it with the args to make a :class:`Factor`. A ``loss=``
@@ -171,6 +179,7 @@ def factor(
     """
 
     def wrap(f: Callable) -> FactorType:
-        return FactorType(f, jac=jac, jacobian=jacobian, name=name, linearize=linearize)
+        return FactorType(f, jac=jac, jacobian=jacobian, name=name, linearize=linearize,
+                          check=check)
 
     return wrap if fn is None else wrap(fn)

@@ -241,7 +241,7 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
         # take a rank-revealing factorization; bundle adjustment relies on damping there).
         lin = jax.lax.stop_gradient(state.lin)
         rank_deficient = is_rank_deficient(lin.gram(), diag=lin.gram_diag())
-        result = jnp.where(rank_deficient & (result == RESULTS.successful), RESULTS.singular,
+        result = jnp.where(rank_deficient & RESULTS.stopped_clean(result), RESULTS.singular,
                            result).astype(jnp.int32)
     stats = Stats(
         steps=state.steps,
@@ -252,11 +252,52 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
         rank_deficient=rank_deficient,
     )
     if throw:
+        # name the non-finite input first: the generic message cannot say which factor it was
+        flags, names = _finite_inputs(structure, x0, data)
+        if flags:
+            ok = jnp.stack(flags)
+            value = eqx.branched_error_if(
+                value, (result == RESULTS.nonfinite_input) & ~jnp.all(ok),
+                jnp.argmin(ok), [f"non-finite (NaN or inf) value in {n}" for n in names])
         value = eqx.branched_error_if(
             value, result != RESULTS.successful, result, RESULTS.all_messages()
         )
     return Solution(value=G.tuple_to_values(structure, init, value), result=result, stats=stats,
                     aux=None)
+
+
+def _finite_inputs(structure, x0, data) -> tuple[list, list[str]]:
+    """Per float input leaf, whether it is finite, and a name for it: ``init`` by variable type,
+    factor data by group and argument (the residual function's parameter name)."""
+    import inspect
+
+    from .._misc import is_float_array
+
+    flags, names = [], []
+    for t, v in zip(structure.var_types, x0):
+        for leaf in jax.tree.leaves(v):
+            if is_float_array(leaf):
+                flags.append(jnp.all(jnp.isfinite(leaf)))
+                names.append(f"init (the {t.__name__} variables)")
+    for group, dat in zip(structure.groups, data):
+        try:
+            params = list(inspect.signature(group.kind.residual_fn).parameters)[1:]
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            params = []
+        for path, leaf in jax.tree_util.tree_flatten_with_path(dat)[0]:
+            if not is_float_array(leaf):
+                continue
+            keys = [getattr(k, "idx", getattr(k, "key", None)) for k in path]
+            if len(keys) >= 2 and keys[0] == 0 and isinstance(keys[1], int) \
+                    and keys[1] < len(params):
+                what = f"argument {params[keys[1]]!r}"
+            elif keys and keys[0] == 1:
+                what = "its robust loss"
+            else:
+                what = f"data {jax.tree_util.keystr(path)}"
+            flags.append(jnp.all(jnp.isfinite(leaf)))
+            names.append(f"the data of factor {group.name}: {what}")
+    return flags, names
 
 
 class FactorGraph(eqx.Module):

@@ -67,7 +67,7 @@ def run_with_restart(problem, x0, solver: AbstractSolver, max_steps: int,
 
     shapes = jax.eval_shape(lambda x: start_at(x, problem.linearize(x)), x0)  # traced only
     s0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)  # placeholder, never used
-    at_x0 = (s0.aux, jnp.zeros_like(s0.grad), x0, jnp.zeros_like(s0.cost))
+    at_x0 = (s0.aux, jnp.zeros_like(s0.grad), x0, jnp.zeros_like(s0.cost), jnp.asarray(True))
     capped = jnp.asarray(RESULTS.max_steps_reached, jnp.int32)
 
     def body(carry):

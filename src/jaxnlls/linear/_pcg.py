@@ -87,6 +87,9 @@ class BlockJacobiPCG(AbstractStepSolver):
     Pure JAX: runs on GPU/TPU and under ``vmap`` (the default for batched graphs). Wrapped in
     :func:`jax.lax.custom_linear_solve`, so it is differentiable in both modes.
 
+    ``ok`` is False when CG did not reach its tolerance within ``max_steps`` (the iterate is
+    still returned as the step) or the result is not finite.
+
     Args:
         rtol, atol: stop when ``‖residual‖ ≤ atol + rtol·‖rhs‖``.
         max_steps: CG iteration cap (``None``: the tangent size, at most 2000).
@@ -109,8 +112,10 @@ class BlockJacobiPCG(AbstractStepSolver):
             return lin.rmv(lin.mv(v)) + damping * v
 
         def solve_fn(mv, b):
-            return pcg(mv, b, M, rtol, self.atol, max_steps)[0]
+            return pcg(mv, b, M, rtol, self.atol, max_steps)
 
-        x = jax.lax.custom_linear_solve(matvec, rhs, solve_fn, symmetric=True)
-        ok = jnp.all(jnp.isfinite(x))
-        return jnp.where(ok, x, 0.0), ok
+        x, converged = jax.lax.custom_linear_solve(matvec, rhs, solve_fn, symmetric=True,
+                                                   has_aux=True)
+        finite = jnp.all(jnp.isfinite(x))
+        # an unconverged iterate is still returned (a usable inexact step), but not as success
+        return jnp.where(finite, x, 0.0), finite & converged

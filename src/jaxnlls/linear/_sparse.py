@@ -694,9 +694,14 @@ class _HostFactor:
                 # upper=True: A is the upper triangle already; without it qdldl calls
                 # scipy's triu on every update, 3x the time of the factorization itself
                 if slot.solver is None:
-                    slot.solver = qdldl.Solver(A, upper=True)
+                    slot.solver = qdldl.Solver(A, upper=True)  # raises on a zero pivot
                 else:
                     slot.solver.update(A, upper=True)
+                    # update() ignores qdldl's zero-pivot error and then solves with a stale,
+                    # half-updated factor (a wrong answer reported as success): D's zero entries
+                    # are the only sign of it
+                    if not np.all(slot.solver.factors()[1]):
+                        return np.full_like(b, np.nan)
                 return slot.solver.solve(b)
             from scipy.sparse.linalg import splu
 
