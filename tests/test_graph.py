@@ -939,3 +939,26 @@ def test_non_finite_factor_data_is_named():
                           Lm(np.arange(3) + 100): init.get(Lm).at[0, 0].set(jnp.inf)})
     with pytest.raises(Exception, match=r"non-finite .* in init \(the Lm variables\)"):
         jax.block_until_ready(graph.solve(bad).value)
+
+
+def test_bundle_adjustment_default_stops_at_the_optimum():
+    """BA has a free 7-dof gauge: the damped steps wander along it by ~1e-6 at the optimum, so
+    the strict step-length rule never fired and every BA solve ended in "max_steps reached"
+    (the CLI printed "NOT converged"). The BA default (a Schur step) stops on the cost."""
+    import dataclasses
+
+    from jaxnlls.graph import default_solver
+
+    graph, init = _ba_graph(1, n_cams=6, n_pts=60)
+    solver = default_solver(graph.structure)
+    assert isinstance(solver.linear_solver, SchurComplement) and solver.stop_on_small_decrease
+    sol = graph.solve(init, throw=False)
+    assert int(sol.result) == int(jaxnlls.RESULTS.successful)
+    assert int(sol.stats.steps) < 30
+    # the old default: the step test at rtol 1e-10
+    strict = dataclasses.replace(solver, rtol=1e-10, stop_on_small_decrease=False)
+    ref = graph.solve(init, solver=strict, throw=False, max_steps=150)
+    if jax.config.jax_enable_x64:  # float32's floor on rtol (100 eps) lets it stop there
+        assert int(ref.result) == int(jaxnlls.RESULTS.max_steps_reached)
+    rtol = 1e-7 if jax.config.jax_enable_x64 else 1e-4
+    np.testing.assert_allclose(sol.stats.final_cost, ref.stats.final_cost, rtol=rtol)

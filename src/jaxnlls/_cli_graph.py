@@ -69,10 +69,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--stop",
-        default="strict",
+        default=None,
         choices=["strict", "gtsam"],
-        help="stopping rule: 'strict' (default) needs both the step and the cost decrease below "
-        "rtol, 'gtsam' the cost decrease alone (GTSAM's rule, often one iteration sooner)",
+        help="stopping rule: 'strict' needs both the step and the cost decrease below rtol, "
+        "'gtsam' the cost decrease alone (GTSAM's rule, often one iteration sooner); default: "
+        "'strict' for pose graphs, 'gtsam' for bundle adjustment (whose free gauge keeps the "
+        "damped steps from getting small)",
     )
     p.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
 
@@ -165,7 +167,8 @@ def _make_solver(args, structure, *, verbose: bool):
             raise _UsageError("--solver schur applies to bundle adjustment only")
         ls = SchurComplement(BalPoint)
     lm = default_solver(structure, ls)
-    common = {"verbose": verbose, "stop_on_small_decrease": args.stop == "gtsam"}
+    small = lm.stop_on_small_decrease if args.stop is None else args.stop == "gtsam"
+    common = {"verbose": verbose, "stop_on_small_decrease": small}
     if args.method == "lm":  # the graph default: GTSAM's schedule (+ restart on hard graphs)
         return dataclasses.replace(lm, **common)
     if args.method == "gn":

@@ -145,8 +145,16 @@ def judge(
     in_noise = (jnp.abs(predicted) <= noise) & (actual >= -noise)
     actual = jnp.where(in_noise, predicted, actual)
     finite = jnp.isfinite(cost_try) & jnp.all(jnp.isfinite(grad_try))
-    accept, aux = solver.update(aux, actual, predicted, finite, delta, lin)
-    accept = accept & finite
+    # A failed linear solve returns a fallback step: zero for the sparse and Schur solvers, an
+    # unconverged iterate for CG. Such a trial is not a step of the method: LM rejects it and
+    # raises its damping (its system changes with it); other solvers stop below. (The dense
+    # safe-pivot solve's fallback for a singular JᵀJ is a basic solution, a real step, taken as
+    # one; where it is small the point is a minimum, and the final rank test says singular.)
+    no_step = ~solve_ok & (not getattr(solver.linear_solver, "fallback_is_step", False))
+    retry = solver.retries_failed_solve
+    trial_ok = finite & ~no_step if retry else finite
+    accept, aux = solver.update(aux, actual, predicted, trial_ok, delta, lin)
+    accept = accept & trial_ok
 
     x, new_lin, cost, new_grad = tree_where(
         accept, (x_try, lin_try, cost_try, grad_try), (state.x, lin, state.cost, grad)
@@ -162,6 +170,8 @@ def judge(
     else:
         converged = jnp.where(accept, step_small & cost_small, step_small)
     grad_small = jnp.max(jnp.abs(new_grad)) <= solver.gtol
+    if retry:
+        converged = converged & ~no_step  # the zero fallback is not a small step
     converged = converged | grad_small
     # LM and dogleg shrink their steps after a non-finite trial; when they then stop on a
     # small step with no larger accepted step since, they stopped at a NaN/inf wall of the
@@ -169,12 +179,10 @@ def judge(
     wall = (state.wall | ~finite) & ~(accept & ~step_small)
     failed = (~finite) & solver.stop_on_nonfinite | (wall & converged & ~grad_small)
     result = jnp.where(failed, RESULTS.nonfinite_residual, state.result)
-    # A failed linear solve returns a fallback step: zero for the sparse and Schur solvers, an
-    # unconverged iterate for CG. When that step is small the loop would stop as if converged,
-    # at a point that is not a stationary point: report the failure instead. (The dense
-    # solvers' fallback for a singular JᵀJ is a basic solution, a real step; where it is small
-    # the point is a minimum, and the final rank test reports RESULTS.singular.)
-    solve_failed = converged & ~grad_small & ~solve_ok & ~failed
+    # without a retry the fallback's small step would stop the loop as if converged, at a point
+    # that is not a stationary point (GN with a sparse solver on a graph with an unobserved
+    # variable stopped "successful" at its start): report the failure instead
+    solve_failed = no_step & converged & ~grad_small & ~failed
     result = jnp.where(solve_failed, RESULTS.linear_solve_failed, result).astype(jnp.int32)
     new = LoopState(
         x,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -69,6 +71,8 @@ class GraphLevenbergMarquardt(AbstractSolver):
     restart_after: int = eqx.field(default=-1, static=True)
     restart_factor: float = 3.0
     verbose: bool = eqx.field(default=False, static=True)
+
+    retries_failed_solve: ClassVar[bool] = True
 
     def __check_init__(self):
         if self.restart_after >= 0 and self.diagonal:

@@ -25,6 +25,10 @@ class AbstractStepSolver(eqx.Module):
     """
 
     needs_matrix: ClassVar[bool] = True
+    #: Whether the ``δ`` returned with ``ok=False`` is still a step to take: the dense safe-pivot
+    #: Cholesky's basic solution of a singular system is; the zero fallback of the sparse and
+    #: Schur solvers, or an unconverged CG iterate, is not (see ``_iterate.judge``).
+    fallback_is_step: ClassVar[bool] = False
 
     @abc.abstractmethod
     def solve(
@@ -38,6 +42,8 @@ class AbstractStepSolver(eqx.Module):
 class DenseCholesky(AbstractStepSolver):
     """Form ``JᵀJ + D`` and factor it by Cholesky (lineax), falling back to an SVD
     pseudo-inverse when it is not positive definite. The default for small problems."""
+
+    fallback_is_step: ClassVar[bool] = True
 
     def solve(self, lin, damping, rhs=None):
         if isinstance(lin, (DenseLinearization, BlockSparseLinearization)):

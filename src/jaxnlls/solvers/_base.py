@@ -8,7 +8,7 @@ trust region. The loop itself lives in ``jaxnlls._iterate`` and is shared by all
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -35,6 +35,12 @@ class AbstractSolver(eqx.Module):
     gtol: eqx.AbstractVar[float]
     linear_solver: eqx.AbstractVar[AbstractStepSolver]
     verbose: eqx.AbstractVar[bool]
+
+    #: Whether a failed step solve (whose fallback is not a step) is a rejected trial, answered
+    #: by more damping: Levenberg-Marquardt's system changes with its damping, so a retry can
+    #: succeed. Otherwise (Gauss-Newton, dogleg's Gauss-Newton step) the loop stops with
+    #: ``RESULTS.linear_solve_failed``.
+    retries_failed_solve: ClassVar[bool] = False
 
     def __check_init__(self):
         if not isinstance(self.linear_solver, AbstractStepSolver):
@@ -122,6 +128,8 @@ class LevenbergMarquardt(AbstractSolver):
     accept: float = 1e-4
     scaled: bool = eqx.field(default=False, static=True)
     verbose: bool = eqx.field(default=False, static=True)
+
+    retries_failed_solve: ClassVar[bool] = True
 
     def _diag(self, lin, prev=None):
         d = lin.gram_diag()
