@@ -73,9 +73,12 @@ def test_more_failing_members_than_one_redo_chunk(tol):
     halves = lambda a: a.reshape((2, batch // 2) + a.shape[1:])  # noqa: E731
     x2, ok2 = jax.jit(jax.vmap(jax.vmap(psd_solve)))(halves(A), halves(b))
     nested = (x2.reshape(batch, -1), ok2.reshape(batch))
+    # the diagonal given separately (a factor graph's gram_diag): the pivot test and the
+    # all-zero test read it instead of A
+    given = jax.jit(jax.vmap(lambda a, r: psd_solve(a, r, jnp.diagonal(a))))(A, b)
     scale = max(1.0, float(np.abs(x_ref).max()))
     assert not np.any(x_ref[singular[:3]])
-    for x, ok in (flat, nested):
+    for x, ok in (flat, nested, given):
         assert np.array_equal(np.asarray(ok), ok_ref)
         np.testing.assert_allclose(x, x_ref, rtol=1e3 * tol.rtol, atol=1e3 * tol.atol * scale)
 

@@ -58,15 +58,16 @@ def _small_psd_solve(A, b):
 LOOP_N = 128
 
 
-def _loop_psd_solve(A, b):
+def _loop_psd_solve(A, b, diag0=None):
     """Right-looking Cholesky with safe pivots, then two substitutions, all in ``fori_loop``s.
 
     Same pivot rule as :func:`_small_psd_solve`: a pivot below ``n·eps`` times its own
     diagonal entry marks a singular direction whose solution component is set to zero.
+    ``diag0``: ``A``'s diagonal when the caller has it (see :func:`psd_solve`).
     """
     n = A.shape[-1]
     idx = jnp.arange(n)
-    diag0 = jnp.diagonal(A)
+    diag0 = jnp.diagonal(A) if diag0 is None else diag0
     eps = jnp.finfo(A.dtype).eps
 
     def factor(j, carry):
@@ -146,7 +147,7 @@ def _tikhonov_solve(A, b):
     return jnp.where(jnp.isfinite(x), x, 0.0)
 
 
-def _large_psd_solve(A, b):
+def _large_psd_solve(A, b, _diag=None):
     """XLA's Cholesky, with a Tikhonov-regularized retry when it fails."""
     x = _cho_solve(jnp.linalg.cholesky(A), b)
     ok = jnp.all(jnp.isfinite(x))
@@ -180,19 +181,19 @@ def _batched_rule(safe_pivots: bool):
     first factorization's pivot test, so it cannot run beside it.
     """
 
-    def redo_one(A, b):
-        return _loop_psd_solve(A, b)[0] if safe_pivots else _tikhonov_solve(A, b)
+    def redo_one(A, b, d):
+        return _loop_psd_solve(A, b, d)[0] if safe_pivots else _tikhonov_solve(A, b)
 
-    def rule(axis_size, in_batched, A, b):
-        A_batched, b_batched = in_batched
+    def rule(axis_size, in_batched, A, b, d):
+        A_batched, b_batched, d_batched = in_batched
         n = A.shape[-1]
         A = A if A_batched else jnp.broadcast_to(A, (axis_size, n, n))
         b = b if b_batched else jnp.broadcast_to(b, (axis_size, n))
+        d = d if d_batched else jnp.broadcast_to(d, (axis_size, n))
         L = jnp.linalg.cholesky(A)
         # a member that fails gets a non-finite or meaningless x here, and is redone below
         x = _batched_cho_solve(L, b)
-        ok = (_pivots_ok(jnp.diagonal(A, axis1=-2, axis2=-1), L) if safe_pivots
-              else jnp.all(jnp.isfinite(x), axis=-1))
+        ok = _pivots_ok(d, L) if safe_pivots else jnp.all(jnp.isfinite(x), axis=-1)
         chunk = min(REDO_CHUNK, axis_size)
 
         def redo_some(carry):
@@ -201,14 +202,15 @@ def _batched_rule(safe_pivots: bool):
             # clipped when reading and dropped when writing
             idx = jnp.nonzero(todo, size=chunk, fill_value=axis_size)[0]
             again = jax.vmap(redo_one)(jnp.take(A, idx, axis=0, mode="clip"),
-                                       jnp.take(b, idx, axis=0, mode="clip"))
+                                       jnp.take(b, idx, axis=0, mode="clip"),
+                                       jnp.take(d, idx, axis=0, mode="clip"))
             return (x.at[idx].set(again, mode="drop"),
                     todo.at[idx].set(False, mode="drop"))
 
         todo = ~ok
         if safe_pivots:
             # without a positive diagonal entry every pivot fails and the loop answers 0
-            empty = jnp.all(jnp.diagonal(A, axis1=-2, axis2=-1) <= 0, axis=-1)
+            empty = jnp.all(d <= 0, axis=-1)
             x = jnp.where(empty[:, None], jnp.zeros_like(x), x)
             todo = todo & ~empty
 
@@ -229,17 +231,20 @@ _large_solve = jax.custom_batching.custom_vmap(_large_psd_solve)
 _large_solve.def_vmap(_batched_rule(safe_pivots=False))
 
 
-def _implicit_solve(solve, A, b):
-    """``solve(A, b)`` differentiated implicitly: ``custom_vmap`` has no reverse-mode rule, so
-    the solve goes through ``lax.custom_linear_solve``: ``dx = A⁻¹(db - dA x)``, with the same
+def _implicit_solve(solve, A, b, d):
+    """``solve(A, b, d)`` differentiated implicitly: ``custom_vmap`` has no reverse-mode rule,
+    so the solve goes through ``lax.custom_linear_solve``: ``dx = A⁻¹(db - dA x)``, with the same
     solve for the tangent (``A`` is symmetric). That is the derivative of the exact solution;
-    differentiating the factorization itself gave the same for nonsingular ``A``."""
+    differentiating the factorization itself gave the same for nonsingular ``A``. (``d``, the
+    diagonal, only decides the pivot test.)"""
+    d = jax.lax.stop_gradient(d)
     return jax.lax.custom_linear_solve(
-        lambda v: A @ v, b, lambda _, rhs: solve(A, rhs), symmetric=True, has_aux=True
+        lambda v: A @ v, b, lambda _, rhs: solve(A, rhs, d), symmetric=True, has_aux=True
     )
 
 
-def psd_solve(A: Float[Array, "n n"], b: Float[Array, " n"]) -> tuple[Array, Bool[Array, ""]]:
+def psd_solve(A: Float[Array, "n n"], b: Float[Array, " n"],
+              diag: Float[Array, " n"] | None = None) -> tuple[Array, Bool[Array, ""]]:
     """Solve ``A x = b`` for symmetric positive semi-definite ``A``.
 
     Cholesky with safe pivots: a numerically singular direction gets a zero solution
@@ -248,13 +253,19 @@ def psd_solve(A: Float[Array, "n n"], b: Float[Array, " n"]) -> tuple[Array, Boo
     systems with ``n > SMALL_N`` are factored by one batched LAPACK call (see
     :func:`_batched_rule`).
 
+    ``diag``: ``A``'s diagonal when the caller has it from elsewhere (a factor graph's
+    ``gram_diag`` from its Jacobian blocks, plus the damping), for the pivot test, so that under
+    ``vmap`` the batched factorization is the one reader of ``A`` (see
+    :func:`is_rank_deficient`).
+
     Returns:
         ``(x, ok)`` where ``ok`` is False when ``A`` was numerically singular.
     """
     n = A.shape[-1]
     if n <= SMALL_N:
         return _small_psd_solve(A, b)
-    return _implicit_solve(_loop_solve if n <= LOOP_N else _large_solve, A, b)
+    d = jnp.diagonal(A) if diag is None else diag
+    return _implicit_solve(_loop_solve if n <= LOOP_N else _large_solve, A, b, d)
 
 
 def is_rank_deficient(A: Float[Array, "n n"], diag: Float[Array, " n"] | None = None

@@ -54,7 +54,10 @@ class DenseCholesky(AbstractStepSolver):
         A = A + jnp.diag(damping)
         if rhs is None:
             rhs = -(lin.jtr if isinstance(lin, DenseLinearization) else lin.rmv(lin.residual))
-        return psd_solve(A, rhs)
+        # a factor graph's diagonal from its Jacobian blocks, so that the fused JᵀJ is read
+        # once, by the factorization
+        diag = lin.gram_diag() + damping if isinstance(lin, BlockSparseLinearization) else None
+        return psd_solve(A, rhs, diag)
 
 
 class QR(AbstractStepSolver):
