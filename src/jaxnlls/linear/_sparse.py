@@ -695,14 +695,14 @@ class _HostFactor:
                 # scipy's triu on every update, 3x the time of the factorization itself
                 if slot.solver is None:
                     slot.solver = qdldl.Solver(A, upper=True)  # raises on a zero pivot
-                else:
-                    slot.solver.update(A, upper=True)
-                    # update() ignores qdldl's zero-pivot error and then solves with a stale,
-                    # half-updated factor (a wrong answer reported as success): D's zero entries
-                    # are the only sign of it
-                    if not np.all(slot.solver.factors()[1]):
-                        return np.full_like(b, np.nan)
-                return slot.solver.solve(b)
+                    return slot.solver.solve(b)
+                slot.solver.update(A, upper=True)
+                x = slot.solver.solve(b)
+                # update() ignores qdldl's zero-pivot error and then solves with a stale,
+                # half-updated factor: a wrong answer reported as success. Its D would show
+                # the zero, but reading it (factors()) copies L: +85 ms on 256 graphs of 384
+                # unknowns, 5 steps, against 17 µs per solve for this residual test.
+                return x if _solved(A, x, b) else np.full_like(b, np.nan)
             from scipy.sparse.linalg import splu
 
             full = A + A.T - _diag(A)
@@ -710,6 +710,26 @@ class _HostFactor:
         except Exception:  # singular or not positive definite
             slot.solver = None
             return np.full_like(b, np.nan)
+
+
+def _solved(upper, x: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``x`` solves ``A x = b`` for the symmetric ``A`` of upper triangle ``upper``
+    (CSC, diagonal stored last in each column) to a backward error of ``√eps``: a backward-stable
+    factorization gives ~eps however ill-conditioned ``A`` is, a stale factor ~1. About 17 µs
+    for 384 unknowns through scipy's C kernels (47 µs through ``upper @ x + upper.T @ x``)."""
+    if not np.all(np.isfinite(x)):
+        return False
+    from scipy.sparse import _sparsetools
+
+    n = len(x)
+    ax = np.zeros(n)
+    # U x, then Uᵀ x: the CSC arrays of U read as CSR are those of Uᵀ
+    _sparsetools.csc_matvec(n, n, upper.indptr, upper.indices, upper.data, x, ax)
+    _sparsetools.csr_matvec(n, n, upper.indptr, upper.indices, upper.data, x, ax)
+    ax -= upper.data[upper.indptr[1:] - 1] * x  # the diagonal was added twice
+    ax -= b
+    bound = np.abs(upper.data).max() * np.abs(x).sum() + np.abs(b).max()
+    return bool(np.abs(ax).max() <= np.sqrt(np.finfo(np.float64).eps) * bound)
 
 
 class _Slot:
