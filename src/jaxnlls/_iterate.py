@@ -150,7 +150,7 @@ def judge(
     # raises its damping (its system changes with it); other solvers stop below. (The dense
     # safe-pivot solve's fallback for a singular JᵀJ is a basic solution, a real step, taken as
     # one; where it is small the point is a minimum, and the final rank test says singular.)
-    no_step = ~solve_ok & (not getattr(solver.linear_solver, "fallback_is_step", False))
+    no_step = ~solve_ok & (not solver.linear_solver.fallback_is_step)
     retry = solver.retries_failed_solve
     trial_ok = finite & ~no_step if retry else finite
     accept, aux = solver.update(aux, actual, predicted, trial_ok, delta, lin)

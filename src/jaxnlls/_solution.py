@@ -40,14 +40,6 @@ class RESULTS:
     }
 
     @classmethod
-    def stopped_clean(cls, result):
-        """Whether the loop stopped on its convergence test: ``successful``, or
-        ``linear_solve_failed`` (a failed step solve on a small step), which a final rank test
-        that finds ``JᵀJ`` singular turns into ``singular``: the point is then a minimum whose
-        minimizer is not unique, and the failed solve was that singularity."""
-        return (result == cls.successful) | (result == cls.linear_solve_failed)
-
-    @classmethod
     def message(cls, code: int) -> str:
         return cls._messages.get(int(code), f"unknown result code {int(code)}")
 

@@ -167,8 +167,9 @@ def _solve(residual_fn, init, params, solver, adjoint, max_steps, throw, has_aux
     rank_deficient = jnp.asarray(False)
     if isinstance(state.lin, DenseLinearization):
         rank_deficient = is_rank_deficient(jax.lax.stop_gradient(state.lin.gram()))
-        result = jnp.where(rank_deficient & RESULTS.stopped_clean(result), RESULTS.singular,
-                           result).astype(jnp.int32)
+        result = jnp.where(
+            rank_deficient & (result == RESULTS.successful), RESULTS.singular, result
+        ).astype(jnp.int32)
 
     aux = fn(value, params)[1] if has_aux else None
     stats = Stats(

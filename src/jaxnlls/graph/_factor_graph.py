@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from .._compile import entry_jit
 from .._implicit import first_order_only
-from .._misc import all_finite, stop_gradient_arrays
+from .._misc import is_float_array, stop_gradient_arrays
 from .._solution import RESULTS, Solution, Stats
 from ..linear import AbstractStepSolver, DenseCholesky, is_rank_deficient
 from ..linear._blocksparse import BlockSparseLinearization
@@ -219,7 +220,9 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
     def make_problem(dat):
         return _AdjointProblem(structure, dat)
 
-    inputs_finite = all_finite(x0) & all_finite(data)
+    # one scan of the inputs, per leaf, so that an error can name the factor and argument
+    finite_flags, input_names = _finite_inputs(structure, x0, data)
+    inputs_finite = jnp.all(jnp.stack(finite_flags)) if finite_flags else jnp.asarray(True)
     if adjoint is None or isinstance(adjoint, ImplicitAdjoint):
         hessian = "exact" if adjoint is None else adjoint.hessian
         damping = 0.0 if adjoint is None else adjoint.damping
@@ -248,7 +251,7 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
         # take a rank-revealing factorization; bundle adjustment relies on damping there).
         lin = jax.lax.stop_gradient(state.lin)
         rank_deficient = is_rank_deficient(lin.gram(), diag=lin.gram_diag())
-        result = jnp.where(rank_deficient & RESULTS.stopped_clean(result), RESULTS.singular,
+        result = jnp.where(rank_deficient & (result == RESULTS.successful), RESULTS.singular,
                            result).astype(jnp.int32)
     stats = Stats(
         steps=state.steps,
@@ -260,12 +263,10 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
     )
     if throw:
         # name the non-finite input first: the generic message cannot say which factor it was
-        flags, names = _finite_inputs(structure, x0, data)
-        if flags:
-            ok = jnp.stack(flags)
+        if finite_flags:
             value = eqx.branched_error_if(
-                value, (result == RESULTS.nonfinite_input) & ~jnp.all(ok),
-                jnp.argmin(ok), [f"non-finite (NaN or inf) value in {n}" for n in names])
+                value, result == RESULTS.nonfinite_input, jnp.argmin(jnp.stack(finite_flags)),
+                [f"non-finite (NaN or inf) value in {n}" for n in input_names])
         value = eqx.branched_error_if(
             value, result != RESULTS.successful, result, RESULTS.all_messages()
         )
@@ -276,10 +277,6 @@ def _solve_graph(graph, init, data, solver, adjoint, max_steps, throw):
 def _finite_inputs(structure, x0, data) -> tuple[list, list[str]]:
     """Per float input leaf, whether it is finite, and a name for it: ``init`` by variable type,
     factor data by group and argument (the residual function's parameter name)."""
-    import inspect
-
-    from .._misc import is_float_array
-
     flags, names = [], []
     for t, v in zip(structure.var_types, x0):
         for leaf in jax.tree.leaves(v):
