@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Bool, Float
 
+from ._blockchol import graph_psd_solve
 from ._blocksparse import BlockSparseLinearization
 from ._dense import psd_solve
 from ._linearization import AbstractLinearization, DenseLinearization
@@ -40,13 +41,20 @@ class AbstractStepSolver(eqx.Module):
 
 
 class DenseCholesky(AbstractStepSolver):
-    """Form ``JᵀJ + D`` and factor it by Cholesky (lineax), falling back to an SVD
-    pseudo-inverse when it is not positive definite. The default for small problems."""
+    """Form ``JᵀJ + D`` and factor it by Cholesky with safe pivots: a numerically singular
+    direction gets a zero solution component (a basic solution, ``ok=False``; see
+    :func:`psd_solve`). The default for small problems. For a factor graph under ``vmap``, the
+    factorization runs on the graph's block pattern with the batch axis last
+    (:func:`jaxnlls.linear._blockchol.graph_psd_solve`)."""
 
     fallback_is_step: ClassVar[bool] = True
 
     def solve(self, lin, damping, rhs=None):
-        if isinstance(lin, (DenseLinearization, BlockSparseLinearization)):
+        if isinstance(lin, BlockSparseLinearization):
+            # a factor graph: under `vmap`, a batch-last block Cholesky on the graph's pattern
+            rhs = -lin.rmv(lin.residual) if rhs is None else rhs
+            return graph_psd_solve(lin, damping, rhs)
+        if isinstance(lin, DenseLinearization):
             A = lin.gram()
         else:  # any linearization that can materialize its Jacobian
             J = lin.as_matrix()
@@ -54,10 +62,7 @@ class DenseCholesky(AbstractStepSolver):
         A = A + jnp.diag(damping)
         if rhs is None:
             rhs = -(lin.jtr if isinstance(lin, DenseLinearization) else lin.rmv(lin.residual))
-        # a factor graph's diagonal from its Jacobian blocks, so that the fused JᵀJ is read
-        # once, by the factorization
-        diag = lin.gram_diag() + damping if isinstance(lin, BlockSparseLinearization) else None
-        return psd_solve(A, rhs, diag)
+        return psd_solve(A, rhs)
 
 
 class QR(AbstractStepSolver):
