@@ -141,3 +141,28 @@ def test_stats_are_consistent():
     assert float(sol.stats.initial_cost) == pytest.approx(0.5 * float(jnp.sum(r0 * r0)), rel=1e-6)
     assert 0 < int(sol.stats.accepted_steps) <= int(sol.stats.steps)
     assert float(sol.stats.grad_norm) < 1e-4
+
+
+def test_dogleg_takes_the_cauchy_step_when_the_gauss_newton_solve_fails(x64):
+    """CG capped at one iteration never converges on this 2-unknown problem, so every
+    Gauss-Newton solve fails: Gauss-Newton stops with ``linear_solve_failed``, while dogleg
+    goes on with Cauchy steps (steepest descent, exact line search) to the least-squares
+    solution."""
+    dtype = jnp.float64 if x64 else jnp.float32
+    A = jnp.asarray([[1.0, 0.2], [0.0, 1.5], [0.3, 0.1]], dtype)
+    b = jnp.asarray([1.0, -2.0, 0.5], dtype)
+    ref = np.linalg.lstsq(np.asarray(A, np.float64), np.asarray(b, np.float64), rcond=None)[0]
+    capped = jaxnlls.CG(max_steps=1)
+    x0 = jnp.zeros(2, dtype)
+
+    def fn(x, _):
+        return A @ x - b
+
+    gn = jaxnlls.solve(fn, x0, None, solver=jaxnlls.GaussNewton(linear_solver=capped),
+                       throw=False)
+    assert int(gn.result) == int(jaxnlls.RESULTS.linear_solve_failed)
+    tol = 1e-9 if x64 else 1e-4
+    sol = jaxnlls.solve(fn, x0, None, max_steps=200,
+                        solver=jaxnlls.Dogleg(rtol=tol, atol=tol, linear_solver=capped))
+    assert int(sol.result) == int(jaxnlls.RESULTS.successful)
+    np.testing.assert_allclose(sol.value, ref, rtol=1e3 * tol, atol=1e3 * tol)

@@ -188,7 +188,8 @@ class Dogleg(AbstractSolver):
     (Cauchy) step clipped to the region when even that does not fit, and otherwise the point
     where the dogleg path between them leaves the region. The radius grows (×3, to at least
     the step) when the gain ratio exceeds 0.75 and halves below 0.25. The initial radius is
-    ``initial_radius · max(‖x‖, 1)``.
+    ``initial_radius · max(‖x‖, 1)``. Where the Gauss-Newton solve fails (a singular system for
+    a sparse step solver, an unconverged CG), the step is the Cauchy step alone.
     """
 
     rtol: float = 1e-8
@@ -227,7 +228,12 @@ class Dogleg(AbstractSolver):
         delta = jnp.where(
             gn_norm <= radius, gn, jnp.where(sd_norm >= radius, clipped_sd, blend)
         )
-        return delta, ok
+        # When the Gauss-Newton solve failed and its fallback is no step (a sparse or Schur
+        # solver's zero, CG's unconverged iterate), the Cauchy step still is one: take it, as
+        # Powell's method does, instead of stopping.
+        gn_usable = ok | self.linear_solver.fallback_is_step
+        cauchy = jnp.where(sd_norm >= radius, clipped_sd, sd)
+        return jnp.where(gn_usable, delta, cauchy), jnp.asarray(True)
 
     def update(self, aux, actual, predicted, finite, delta, lin):
         rho = jnp.where(finite & (predicted > 0), safe_div(actual, predicted), -1.0)
