@@ -89,3 +89,90 @@ def test_shard_batch_rejects_indivisible():
         pytest.skip("one device divides every batch")
     with pytest.raises(ValueError, match="not divisible"):
         shard_batch(jnp.zeros((n + 1, 2)))
+
+
+def test_masked_rejects_mask_that_is_not_a_prefix_of_the_residual():
+    r = jnp.ones((4, 2))
+    np.testing.assert_array_equal(masked(r, jnp.array([True, False, True, False]))[:, 0],
+                                  [1, 0, 1, 0])
+    np.testing.assert_array_equal(masked(r, r > 0), r)  # same shape is fine
+    for bad in (jnp.ones((4, 2, 1), bool), jnp.ones((2, 4), bool), jnp.ones(3, bool)):
+        with pytest.raises(ValueError, match=r"mask shape \(.*\) is not a prefix of residual shape "
+                                             r"\(4, 2\)"):
+            masked(r, bad)
+    # The slip from the docs' recipe: the whole (B, size) batch mask inside the vmapped member.
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(5,\)"):
+        masked(jnp.ones(5), jnp.ones((2, 5), bool))
+
+
+def test_pad_stack_edge_fill_repeats_last_real_row():
+    a = (np.arange(2.0), np.arange(4.0).reshape(2, 2))
+    b = (np.arange(3.0), np.arange(6.0).reshape(3, 2))
+    (x, y), mask = pad_stack([a, b], size=4, fill="edge")
+    np.testing.assert_array_equal(x[0], [0, 1, 1, 1])
+    np.testing.assert_array_equal(y[0], [[0, 1], [2, 3], [2, 3], [2, 3]])
+    np.testing.assert_array_equal(x[1], [0, 1, 2, 2])
+    np.testing.assert_array_equal(mask, [[1, 1, 0, 0], [1, 1, 1, 0]])
+    (x0, _), _ = pad_stack([a, b], size=4)  # default fill unchanged
+    np.testing.assert_array_equal(x0[0], [0, 1, 0, 0])
+
+
+def test_pad_stack_edge_fill_keeps_gradients_finite(x64):
+    """log(x) is singular at the default fill 0.0: the padded rows' 0·inf is NaN in backward."""
+    xs = [np.linspace(1, 2, 3), np.linspace(1, 2, 5)]
+    members = [(x, 2.0 * np.log(3.0 * x)) for x in xs]
+
+    def residual(th, p):
+        (x, y), m = p
+        return masked(th[0] * jnp.log(x) + th[1] - y, m)
+
+    def total(a, data, mask):
+        (x, y) = data
+        solve = lambda p: jaxnlls.solve(residual, jnp.ones(2, y.dtype), p, throw=False)
+        sol = jax.vmap(solve)(((a * x, y), mask))
+        return jnp.sum(sol.value), sol.result
+
+    a = jnp.asarray(3.0, jnp.float64 if x64 else jnp.float32)
+    data0, mask0 = pad_stack(members)
+    assert not np.isfinite(jax.grad(lambda a: total(a, data0, mask0)[0])(a))  # the trap
+    data, mask = pad_stack(members, fill="edge")
+    np.testing.assert_array_equal(total(a, data, mask)[1], 0)
+    g = jax.grad(lambda a: total(a, data, mask)[0])(a)
+    assert np.isfinite(g)
+    if x64:
+        h = 1e-6
+        fd = (total(a + h, data, mask)[0] - total(a - h, data, mask)[0]) / (2 * h)
+        np.testing.assert_allclose(g, fd, rtol=1e-6)
+    np.testing.assert_allclose(g, -4.0 / 3.0, rtol=1e-3)  # each member: th0 + th1 = c - 2 log a
+
+
+def test_pinned_padded_unknowns_solve_successfully():
+    ys = [np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0, 5.0])]
+    data, mask = pad_stack(ys)
+
+    def residual(x, p):  # the docstrings' recipe: pin padded unknowns with masked(x, ~mask)
+        y, m = p
+        return jnp.concatenate([masked(x - y, m), masked(x, ~m)])
+
+    x0 = jnp.zeros(5, data.dtype)
+    sol = jax.vmap(lambda p: jaxnlls.solve(residual, x0, p, throw=False))((data, mask))
+    np.testing.assert_array_equal(sol.result, 0)
+    np.testing.assert_allclose(sol.value, [[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]], atol=1e-5)
+    jaxnlls.solve(residual, x0, (data[0], mask[0]))  # throw=True does not raise
+
+
+def test_pad_stack_and_shard_batch_error_messages():
+    with pytest.raises(ValueError, match=r"leaf \[1\] of member 0 is a scalar"):
+        pad_stack([(np.zeros(3), 1.0), (np.zeros(2), 2.0)])
+    with pytest.raises(ValueError, match=r"leaf \['y'\] has trailing shape \(3,\) in member 1 "
+                                         r"but \(2,\) in member 0"):
+        pad_stack([{"x": np.zeros(2), "y": np.zeros((2, 2))},
+                   {"x": np.zeros(4), "y": np.zeros((4, 3))}])
+    with pytest.raises(ValueError, match="fill='edge' needs a real row; member 1"):
+        pad_stack([np.zeros(2), np.zeros(0)], fill="edge")
+    with pytest.raises(ValueError, match="fill must be a number or 'edge'"):
+        pad_stack([np.zeros(2)], fill="wrap")  # type: ignore[arg-type]
+    from jaxnlls.batching import shard_batch
+
+    with pytest.raises(ValueError, match="devices is empty"):
+        shard_batch(jnp.zeros((2, 2)), devices=[])

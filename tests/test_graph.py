@@ -962,3 +962,134 @@ def test_bundle_adjustment_default_stops_at_the_optimum():
         assert int(ref.result) == int(jaxnlls.RESULTS.max_steps_reached)
     rtol = 1e-7 if jax.config.jax_enable_x64 else 1e-4
     np.testing.assert_allclose(sol.stats.final_cost, ref.stats.final_cost, rtol=rtol)
+
+
+# ------------------------------------------------------------- per-factor robust-loss scales
+class Pt2(Var, dim=2):
+    pass
+
+
+@factor
+def pt_prior(vals, x, z):
+    return vals[x] - z
+
+
+@factor
+def pt_between(vals, a, b, z):
+    return (vals[b] - vals[a]) - z
+
+
+def _pt_chain(loss_for):
+    """5 points with priors and 5 between factors (a loop), the betweens offset from the priors
+    by different amounts, so some sit beyond their Huber scale and some inside it.
+    ``loss_for(i, j)`` gives between factors ``i:j``'s loss."""
+    dt = _dtype()
+    ia, ib = np.array([0, 1, 2, 3, 0]), np.array([1, 2, 3, 4, 4])
+    p = np.array([[0.0, 0.0], [1.0, 0.2], [2.1, 0.1], [3.0, -0.3], [4.2, 0.0]])
+    offset = np.array([[1.5, 0.0], [0.1, 0.1], [0.0, 2.5], [3.0, 1.0], [0.0, 0.2]])
+    z = jnp.asarray(p[ib] - p[ia] + offset, dt)
+    factors = [pt_prior(Pt2(np.arange(5)), jnp.asarray(p, dt))] + [
+        pt_between(Pt2(ia[i:j]), Pt2(ib[i:j]), z[i:j], loss=loss_for(i, j))
+        for i, j in [(0, 2), (2, 5)]
+    ]
+    init = VarValues.make({Pt2(np.arange(5)): jnp.zeros((5, 2), dt)})
+    return FactorGraph.build(factors), init
+
+
+_PT_SCALES = np.array([0.3, 0.5, 0.8, 1.2, 0.7])
+
+
+def test_per_factor_robust_loss_scales_equal_separate_factors(tol):
+    """A batched factor's loss with one scale per factor (leading axis n) is mapped with the
+    factor data; it used to be closed over, so every factor saw all n scales and the solve
+    failed ("use a scalar or one value per block")."""
+    from jaxnlls.robust import Huber
+
+    sc = jnp.asarray(_PT_SCALES, _dtype())
+    batched, init = _pt_chain(lambda i, j: Huber(sc[i:j]))
+    # the two batched calls with per-factor scales form one group of 5 (scales stacked)
+    assert batched.group_names == ("test_graph.pt_between", "test_graph.pt_prior")
+    (_, loss), _ = batched.data
+    np.testing.assert_array_equal(loss.scale, sc)
+    dt = _dtype()
+    ia, ib = [0, 1, 2, 3, 0], [1, 2, 3, 4, 4]
+    z = batched.data[0][0][2]
+    separate = FactorGraph.build(
+        [pt_prior(Pt2(np.arange(5)), batched.data[1][0][1])]
+        + [pt_between(Pt2(a), Pt2(b), z[k], loss=Huber(sc[k])) for k, (a, b) in
+           enumerate(zip(ia, ib))]
+    )
+    assert len(separate.group_names) == 6
+    np.testing.assert_allclose(batched.cost(init), separate.cost(init), rtol=tol.rtol)
+    sol_b, sol_s = batched.solve(init), separate.solve(init)
+    assert int(sol_b.result) == int(sol_s.result) == 0
+    np.testing.assert_allclose(sol_b.value.get(Pt2), sol_s.value.get(Pt2), rtol=tol.rtol * 100,
+                               atol=tol.atol * 100)
+    # some factors are beyond their scale (else Huber would be plain least squares); the
+    # robustified block has squared norm rho(s), above c^2 exactly when s is
+    r = batched.residual(sol_b.value)[:10].reshape(5, 2)
+    norms = np.linalg.norm(np.asarray(r), axis=1)
+    assert np.any(norms > np.asarray(_PT_SCALES) * 1.01)
+    assert np.any(norms < np.asarray(_PT_SCALES) * 0.99)
+    # a scalar scale on the same batched factors still works
+    scalar, _ = _pt_chain(lambda i, j: Huber(0.5))
+    assert int(scalar.solve(init).result) == 0
+
+
+def test_per_factor_robust_loss_scale_gradient_matches_fd(requires_x64):
+    import dataclasses
+
+    from jaxnlls.graph import default_solver
+    from jaxnlls.robust import Huber
+
+    graph, init = _pt_chain(lambda i, j: Huber(jnp.asarray(_PT_SCALES[i:j])))
+    # one plain LM run, converged tightly (the default's restart keeps the better of two runs)
+    solver = dataclasses.replace(
+        default_solver(graph.structure), rtol=1e-10, atol=1e-12, restart_after=-1
+    )
+    wt = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)))
+    k = graph.group_index(pt_between)
+
+    def f(scales):
+        data = list(graph.data)
+        data[k] = (data[k][0], Huber(scales))
+        sol = graph.solve(init, tuple(data), solver=solver, max_steps=200)
+        return jnp.sum(wt * sol.value.get(Pt2))
+
+    s0 = jnp.asarray(_PT_SCALES)
+    g = jax.jit(jax.grad(f))(s0)
+    h = 1e-6
+    fd = np.array([(f(s0 + h * e) - f(s0 - h * e)) / (2 * h) for e in np.eye(5)])
+    assert np.sum(np.abs(fd) > 1e-2) >= 2  # several factors beyond their scale
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_per_factor_robust_loss_scales_with_analytic_jacobian(tol):
+    """The analytic-Jacobian path applies the per-factor loss too (same linearization)."""
+    from jaxnlls.robust import Huber
+
+    eye = jnp.eye(2, dtype=_dtype())
+    between_jac = factor(pt_between.residual_fn, name="pt_between_jac",
+                         jacobian=lambda vals, a, b, z: (-eye, eye))
+    sc = jnp.asarray(_PT_SCALES, _dtype())
+    auto, init = _pt_chain(lambda i, j: Huber(sc[i:j]))
+    (args, _), prior_data = auto.data
+    analytic = FactorGraph.build(
+        [pt_prior(Pt2(np.arange(5)), prior_data[0][1]),
+         between_jac(Pt2(np.array([0, 1, 2, 3, 0])), Pt2(np.array([1, 2, 3, 4, 4])), args[2],
+                     loss=Huber(sc))]
+    )
+    x = init.replace(Pt2, jnp.asarray(np.random.default_rng(1).normal(size=(5, 2)), _dtype()))
+    la, lb = auto.linearize(x), analytic.linearize(x)
+    # groups are ordered by name: pt_between_jac and pt_between both come before pt_prior
+    np.testing.assert_allclose(la.residual, lb.residual, rtol=tol.rtol, atol=tol.atol)
+    np.testing.assert_allclose(la.as_matrix(), lb.as_matrix(), rtol=tol.rtol, atol=tol.atol)
+
+
+def test_robust_loss_leaf_with_wrong_leading_axis_raises_at_build():
+    from jaxnlls.robust import Huber
+
+    with pytest.raises(ValueError, match=r"factor test_graph\.pt_between: batched over 5 "
+                                         r"factors.*loss\.scale has shape \(3,\)"):
+        FactorGraph.build([pt_between(Pt2(np.arange(5)), Pt2(np.arange(1, 6)), jnp.ones((5, 2)),
+                                      loss=Huber(jnp.full(3, 0.5)))])

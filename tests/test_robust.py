@@ -904,3 +904,96 @@ def test_robust_module_exports():
         assert hasattr(robust, name), name
     for name in weights.__all__:
         assert hasattr(weights, name), name
+
+
+@pytest.mark.parametrize("tri", ["upper", "lower"])
+def test_sqrt_info_from_information_reads_only_the_lower_triangle(tri, tol):
+    """jnp.linalg.cholesky averages with the transpose; the documented contract is the lower
+    triangle only, so garbage in the strict upper triangle must change nothing."""
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    rng = np.random.default_rng(7)
+    info = _spd(rng, (3,), 4, dtype)
+    garbage = np.tril(info) + np.triu(rng.normal(size=info.shape).astype(dtype) * 50, 1)
+    R = weights.sqrt_info_from_information(info, triangle=tri)
+    R_g = weights.sqrt_info_from_information(garbage, triangle=tri)
+    np.testing.assert_allclose(R_g, R, rtol=tol.rtol, atol=tol.atol)
+    np.testing.assert_allclose(
+        np.swapaxes(R_g, -1, -2) @ R_g, info, rtol=10 * tol.rtol, atol=10 * tol.rtol
+    )
+    lower_only = weights.sqrt_info_from_information(np.tril(info), triangle=tri)
+    np.testing.assert_allclose(lower_only, R, rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("tri", ["upper", "lower"])
+def test_sqrt_info_from_information_grad_wrt_lower_triangle(tri, requires_x64):
+    rng = np.random.default_rng(8)
+    d = 3
+    info = _spd(rng, (), d, np.float64)
+    rows, cols = np.tril_indices(d)
+    upper_garbage = np.triu(rng.normal(size=(d, d)), 1)
+    weight = rng.normal(size=(d, d))
+
+    def f(v):  # a scalar function of R, through the lower-triangle entries only
+        a = jnp.zeros((d, d)).at[rows, cols].set(v) + upper_garbage
+        R = weights.sqrt_info_from_information(a, triangle=tri)
+        return jnp.sum(weight * R) + jnp.sum(R**2 * weight**2)
+
+    v0 = info[rows, cols]
+    g = jax.grad(f)(v0)
+    h = 1e-6
+    fd = np.array([(f(v0 + h * e) - f(v0 - h * e)) / (2 * h) for e in np.eye(v0.size)])
+    np.testing.assert_allclose(g, fd, rtol=1e-7, atol=1e-8)
+    # the strict upper triangle gets no cotangent
+    g_full = jax.grad(
+        lambda a: jnp.sum(weight * weights.sqrt_info_from_information(a, triangle=tri))
+    )(jnp.asarray(info))
+    np.testing.assert_array_equal(np.triu(np.asarray(g_full), 1), 0.0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GemanMcClure",
+        "TruncatedLS",
+        pytest.param("Tukey", marks=pytest.mark.slow),
+        pytest.param("Welsch", marks=pytest.mark.slow),
+    ],
+)
+def test_gnc_per_block_scale_with_one_loose_block(name, x64):
+    """mu_0 must come from max_b s_b / c_b^2: taking max_b s_b / max_b c_b^2 let one inlier
+    with a loose scale shrink mu_0 to 1 (no continuation), and GNC returned a spurious
+    minimum marked successful."""
+    dtype = np.float64 if x64 else np.float32
+    rng = np.random.default_rng(1)
+    n = 60
+    x = rng.uniform(-5, 5, n)
+    y = 1.5 * x - 2.0 + 0.1 * rng.standard_normal(n)
+    out = rng.random(n) < 0.4
+    out[0] = False
+    y[out] = rng.uniform(-30, 30, out.sum())
+    truth = np.polyfit(x[~out], y[~out], 1)
+    data = (jnp.asarray(x, dtype), jnp.asarray(y, dtype))
+    init = jnp.asarray([-3.0, 10.0] if name == "TruncatedLS" else [-1.5, 2.0], dtype)
+
+    @jax.jit
+    def fit(scales):
+        return gnc_solve(
+            _line_residual,
+            init,
+            data,
+            loss=KERNELS[name](scales),
+            num_stages=8,
+            block_ndim=0,
+            solver=_lm(dtype),
+            max_steps=200,
+            throw=False,
+        )
+
+    uniform = np.full(n, 0.3, dtype)
+    loose = uniform.copy()
+    loose[0] = 1000.0  # one inlier block given a loose scale
+    for scales in (uniform, loose):
+        sol = fit(jnp.asarray(scales))
+        assert int(sol.result) == jaxnlls.RESULTS.successful
+        err = np.abs(np.asarray(sol.value, np.float64) - truth).max()
+        assert err < 0.05, (name, scales[0], np.asarray(sol.value), err)

@@ -711,7 +711,8 @@ def gnc_solve(
 
     For :class:`GemanMcClure` this is GNC-GM of Yang et al. (RA-L 2020): their surrogate
     $\mu c^2 e^2/(\mu c^2 + e^2)$ is Geman-McClure with scale $c\sqrt\mu$, and the default
-    $\mu_0 = \max(1, 2\max_b s_b / c^2)$ (``mu_max_factor = 2``, residuals at ``init``) is
+    $\mu_0 = \max(1, 2\max_b s_b / c_b^2)$ (``mu_max_factor = 2``, residuals at ``init``;
+    $c_b$ is block $b$'s scale, so a per-block ``scale`` is compared block by block) is
     theirs. Each stage minimizes the surrogate directly with LM instead of their
     alternation of weighted least squares and closed-form weight updates; the fixed points
     coincide. For :class:`Tukey`, :class:`Welsch` (or any other scaled kernel) the same scale
@@ -719,7 +720,8 @@ def gnc_solve(
 
     For :class:`TruncatedLS` the continuation is GNC-TLS instead: the first $K-1$ stages use
     :class:`GNCTruncatedLS` with $\mu$ increasing geometrically from
-    $\mu_0 = c^2/(2\max_b s_b - c^2)$ (no block saturated; ``mu_max_factor`` replaces the 2)
+    $\mu_0 = \min_b c_b^2/(2 s_b - c_b^2)$ over blocks with $2 s_b > c_b^2$ (no block
+    saturated; ``mu_max_factor`` replaces the 2)
     to ``mu_final``, and the last stage is TLS itself (its solution is the least-squares fit of
     the blocks within $c$, found by GNC).
 
@@ -733,8 +735,9 @@ def gnc_solve(
         loss: the target kernel (any :class:`AbstractScaledLoss`, typically
             :class:`GemanMcClure` or :class:`TruncatedLS`); its ``scale`` is the final $c$.
         num_stages: number of stages $K$ (static), including the final (target) stage.
-        mu_init: $\mu_0$; default $\max(1, f\max_b s_b(\text{init})/c^2)$ with
-            $f$ = ``mu_max_factor`` (GNC-TLS: $c^2/(f\max_b s_b - c^2)$, at most ``mu_final``).
+        mu_init: $\mu_0$; default $\max(1, f\max_b s_b(\text{init})/c_b^2)$ with
+            $f$ = ``mu_max_factor`` (GNC-TLS: $\min_b c_b^2/(f s_b - c_b^2)$ over blocks with
+            $f s_b > c_b^2$, at most ``mu_final``).
         mu_max_factor: factor $f$ in the default $\mu_0$.
         mu_final: GNC-TLS only: $\mu$ of the last surrogate stage (static float).
         block_ndim: trailing axes per residual block (see :meth:`AbstractRobustLoss.apply`).
@@ -780,7 +783,9 @@ def gnc_solve(
     dtype = jnp.result_type(*leaves)
     scale = jnp.asarray(loss.scale).astype(dtype)
 
-    def block_sq(leaf):
+    def block_ratio(leaf):
+        # max_b s_b / c_b^2 over this leaf's blocks: each block against its own scale, so one
+        # loose-scale block cannot hide the others (a max over s and c separately would).
         leaf = jnp.asarray(leaf)
         if leaf.ndim < block_ndim:
             raise ValueError(
@@ -788,20 +793,24 @@ def gnc_solve(
                 f"{block_ndim} needs at least {block_ndim} axes"
             )
         axes = tuple(range(leaf.ndim - block_ndim, leaf.ndim))
-        return jnp.max(jnp.sum(leaf * leaf, axis=axes), initial=0.0)
+        s = jnp.sum(leaf * leaf, axis=axes)
+        c2 = jnp.square(_scale_like(f"gnc_solve: {type(loss).__name__}", "scale", loss.scale, s))
+        return jnp.max(s / c2, initial=0.0).astype(dtype)
 
-    # the largest squared block norm at init sets the default mu_0
-    s_max = lax.stop_gradient(jnp.max(jnp.stack([block_sq(leaf) for leaf in leaves])))
-    c2 = jnp.max(jnp.square(scale))
+    # the largest normalized squared block norm x_max = max_b s_b / c_b^2 at init sets the
+    # default mu_0 (every kernel here is a function of x = s / c^2)
+    x_max = lax.stop_gradient(jnp.max(jnp.stack([block_ratio(leaf) for leaf in leaves])))
     params_nograd = _stop_gradient_tree(params)
     c_nograd = lax.stop_gradient(scale)
 
     if isinstance(loss, TruncatedLS):
-        # GNC-TLS: mu increases from mu_0 = c^2 / (f s_max - c^2) (no block saturated) to
-        # mu_final; the final stage is TLS itself (mu = inf).
+        # GNC-TLS: mu increases from mu_0 to mu_final; the final stage is TLS itself
+        # (mu = inf). Block b is unsaturated while x_b < (mu + 1) / mu, i.e. mu < 1/(x_b - 1);
+        # with the margin f, mu_0 = min_b c_b^2 / (f s_b - c_b^2) over blocks with
+        # f s_b > c_b^2, which is 1 / (f x_max - 1) as 1/(f x - 1) decreases in x.
         if mu_init is None:
-            excess = mu_max_factor * s_max - c2
-            mu0 = jnp.where(excess > 0, c2 / jnp.where(excess > 0, excess, 1.0), mu_final)
+            excess = mu_max_factor * x_max - 1.0
+            mu0 = jnp.where(excess > 0, 1.0 / jnp.where(excess > 0, excess, 1.0), mu_final)
             mu0 = jnp.minimum(mu0, mu_final)
         else:
             mu0 = jnp.asarray(mu_init, dtype=dtype)
@@ -813,9 +822,10 @@ def gnc_solve(
             return GNCTruncatedLS(c_nograd, mu)
 
     else:
-        # scale continuation c sqrt(mu), mu from mu_0 down to 1 (the last, target stage)
+        # scale continuation c sqrt(mu), mu from mu_0 down to 1 (the last, target stage);
+        # mu_0 = max(1, f max_b s_b / c_b^2) puts every block well inside its quadratic region
         if mu_init is None:
-            mu0 = jnp.maximum(1.0, mu_max_factor * s_max / c2)
+            mu0 = jnp.maximum(1.0, mu_max_factor * x_max)
         else:
             mu0 = jnp.asarray(mu_init, dtype=dtype)
         mus = gnc_schedule(lax.stop_gradient(mu0), num_stages)[:-1]

@@ -228,16 +228,20 @@ def sqrt_info_from_information(
     Raises:
         ValueError: ``information`` is not ``(..., d, d)``; bad ``triangle``.
 
-    Only the lower triangle of ``information`` is read (as in ``jnp.linalg.cholesky``). A
-    concrete matrix that is not positive definite raises ``ValueError``; a traced one gives
-    NaNs (it cannot be checked).
+    Only the lower triangle of ``information`` (diagonal included) is read, for either
+    ``triangle``; the strict upper triangle is ignored. A concrete matrix that is not
+    positive definite raises ``ValueError``; a traced one gives NaNs (it cannot be checked).
 
     Differentiability:
-        Differentiable in ``information`` (through the Cholesky factorization).
+        Differentiable in the lower triangle of ``information`` (through the Cholesky
+        factorization); the upper triangle gets zero cotangent.
     """
     fn = "sqrt_info_from_information"
     info = _as_float("information", information)
     _check_square(fn, "information", info)
+    # Mirror the lower triangle explicitly: jnp.linalg.cholesky would average with the
+    # transpose, i.e. read the upper triangle too.
+    info = jnp.tril(info) + jnp.swapaxes(jnp.tril(info, -1), -1, -2)
     if triangle == "upper":
         R = jnp.swapaxes(jnp.linalg.cholesky(info), -1, -2)
     elif triangle == "lower":

@@ -59,6 +59,9 @@ class Factor:
         args: the args pytree (``Var`` leaves and data leaves).
         loss: optional robust loss applied to the whitened residual block
             (``loss.apply(r)`` or ``loss(r)``, an equinox Module whose leaves are traced data).
+            On a batched factor of ``n``, each array leaf is a scalar shared by all ``n``
+            factors or has leading axis ``n``, one value per factor (``Huber(scales)`` with
+            ``scales`` of shape ``(n,)``); ``FactorGraph.build`` rejects other shapes.
         batch: number of factors (``None`` for a single, unbatched factor).
     """
 
@@ -169,7 +172,8 @@ def factor(
 
     Returns:
         A :class:`FactorType`; call it with the args to make a :class:`Factor`. A ``loss=``
-        keyword attaches a robust loss to the whitened residual block.
+        keyword attaches a robust loss to the whitened residual block (on batched factors,
+        scalar or per-factor leaves: see :class:`Factor`).
 
     Example:
         >>> @factor

@@ -58,15 +58,19 @@ class FactorGroup:
         slot_types: the ``Var`` type of each slot (slots are the ``Var`` leaves in order).
         size: number of factors in the group.
         has_loss: whether a robust loss is attached (its leaves are in the group's data).
+        loss_axes: per leaf of the loss (``jax.tree.leaves`` order), ``0`` for a per-factor
+            leaf (leading axis ``size``, mapped with the factor data) or ``None`` for a leaf
+            shared by every factor; ``None`` without a loss.
     """
 
-    def __init__(self, kind, name, template, slot_types, size, has_loss, key):
+    def __init__(self, kind, name, template, slot_types, size, has_loss, key, loss_axes=None):
         self.kind: FactorType = kind
         self.name: str = name
         self.template = template
         self.slot_types: tuple[type[Var], ...] = slot_types
         self.size: int = size
         self.has_loss: bool = has_loss
+        self.loss_axes: tuple[int | None, ...] | None = loss_axes
         self._key = key
         self._residual_dims: dict = {}  # see _residual_dim
 
@@ -175,6 +179,36 @@ def _as_batch(leaf, batched: bool):
     return a if batched else a[None]
 
 
+def _loss_spec(f: Factor) -> tuple[Any, tuple[int | None, ...] | None]:
+    """``(grouping key, per-leaf axes)`` of a factor's robust loss.
+
+    On a batched factor of ``n``, a loss leaf with leading axis ``n`` holds one value per
+    factor: it is mapped with the factor data (axis ``0``) and stacked across the group, so
+    its values are not part of the key. Scalar leaves (and every leaf of a single factor) are
+    shared by the group (axis ``None``) and keyed by value.
+    """
+    if f.loss is None:
+        return None, None
+    with_path, l_def = jax.tree_util.tree_flatten_with_path(f.loss)
+    key_leaves, axes = [], []
+    for path, v in with_path:
+        shape = tuple(np.shape(v))
+        if f.batch is not None and shape:
+            if shape[0] != f.batch:
+                raise ValueError(
+                    f"factor {f.kind.name}: batched over {f.batch} factors, so each array leaf "
+                    f"of its robust loss must be a scalar (shared) or have leading axis "
+                    f"{f.batch} (one per factor); loss{jax.tree_util.keystr(path)} has shape "
+                    f"{shape}"
+                )
+            key_leaves.append(("per_factor", shape[1:], np.result_type(v).name))
+            axes.append(0)
+        else:
+            key_leaves.append(("shared", shape, np.asarray(v).tobytes()))
+            axes.append(None)
+    return (l_def, tuple(key_leaves)), tuple(axes)
+
+
 def _choose_anchor(gauge, var_types, var_ids, groups) -> Var | None:
     if gauge is None:
         return None
@@ -211,11 +245,7 @@ def build_structure(factors, gauge: Any = "auto") -> tuple[GraphStructure, tuple
             for leaf, k in zip(leaves, kinds)
             if k[0] == "data"
         )
-        if f.loss is not None:
-            l_leaves, l_def = jax.tree.flatten(f.loss)
-            loss_key = (l_def, tuple(np.asarray(v).tobytes() for v in l_leaves))
-        else:
-            loss_key = None
+        loss_key, _ = _loss_spec(f)
         key = (f.kind, treedef, kinds, trailing, loss_key)
         if key not in buckets:
             buckets[key] = {"factors": [], "treedef": treedef, "kinds": kinds}
@@ -288,7 +318,15 @@ def build_structure(factors, gauge: Any = "auto") -> tuple[GraphStructure, tuple
         it = iter(stacked)
         data_leaves = [next(it) if k[0] == "data" else None for k in kinds]
         data_args = jax.tree.unflatten(treedef, data_leaves)
-        loss = members[0][0].loss
+        loss, loss_axes = members[0][0].loss, _loss_spec(members[0][0])[1]
+        if loss_axes is not None and 0 in loss_axes:
+            # per-factor loss leaves are stacked over the group's factors like the data
+            per_member = [jax.tree.leaves(f.loss) for f, _ in members]
+            l_leaves = [
+                _stack([ls[k] for ls in per_member]) if a == 0 else per_member[0][k]
+                for k, a in enumerate(loss_axes)
+            ]
+            loss = jax.tree.unflatten(jax.tree.structure(loss), l_leaves)
         slots = []
         for t, chunks in zip(slot_types, slot_ids):
             ids = np.concatenate(chunks)
@@ -296,7 +334,9 @@ def build_structure(factors, gauge: Any = "auto") -> tuple[GraphStructure, tuple
             slots.append((ti, np.searchsorted(var_ids[ti].array, ids)))
         slots_all.append(tuple(slots))
         groups.append(
-            FactorGroup(kind, gname, template, tuple(slot_types), size, loss is not None, key)
+            FactorGroup(
+                kind, gname, template, tuple(slot_types), size, loss is not None, key, loss_axes
+            )
         )
         data.append((data_args, loss))
     anchor = _choose_anchor(gauge, var_types, var_ids, groups)
@@ -394,7 +434,38 @@ def _group_data(structure: GraphStructure, data: Any, g: int) -> tuple:
                 f"factor {group.name}: data for {_arg_name(group, path)} has shape "
                 f"{tuple(jnp.shape(leaf))}, expected {want} (n_factors, ...)"
             )
+    if loss is not None and group.loss_axes is not None and 0 in group.loss_axes:
+        l_leaves = jax.tree.leaves(loss)
+        if len(l_leaves) != len(group.loss_axes):
+            raise ValueError(
+                f"factor {group.name}: the robust loss has {len(l_leaves)} leaves, expected "
+                f"{len(group.loss_axes)} (as in graph.data)"
+            )
+        for leaf, a in zip(l_leaves, group.loss_axes):
+            if a == 0 and jnp.shape(leaf)[:1] != (group.size,):
+                raise ValueError(
+                    f"factor {group.name}: a per-factor robust-loss leaf has shape "
+                    f"{tuple(jnp.shape(leaf))}, expected leading axis {group.size} (n_factors)"
+                )
     return data_args, loss
+
+
+def _split_loss(group: FactorGroup, loss) -> tuple[list, Any]:
+    """``(per_factor, rebuild)``: the loss leaves to vmap with the factor data, and
+    ``rebuild(slice) -> loss`` for one factor (shared leaves are closed over)."""
+    axes = group.loss_axes
+    if loss is None or axes is None or 0 not in axes:
+        return [], lambda _: loss
+    leaves, treedef = jax.tree.flatten(loss)
+    per_factor = [leaf for leaf, a in zip(leaves, axes) if a == 0]
+
+    def rebuild(sliced):
+        it = iter(sliced)
+        return jax.tree.unflatten(
+            treedef, [next(it) if a == 0 else leaf for leaf, a in zip(leaves, axes)]
+        )
+
+    return per_factor, rebuild
 
 
 def _arg_name(group: FactorGroup, path) -> str:
@@ -445,7 +516,10 @@ def group_residual(structure: GraphStructure, values: tuple, data: tuple, g: int
     residual, _ = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
     data_args, loss = _group_data(structure, data, g)
-    r = jax.vmap(lambda sv, da: residual(sv, (da, loss)))(slot_vals, data_args)
+    per_factor, rebuild = _split_loss(group, loss)
+    r = jax.vmap(lambda sv, da, lf: residual(sv, (da, rebuild(lf))))(
+        slot_vals, data_args, per_factor
+    )
     _check_dtype(group, r, _dtype_of(values))
     return r
 
@@ -469,12 +543,14 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
     c = sum(dims)
     residual_fn, local = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
-    data_args, loss = _group_data(structure, data, g)
+    data_args, group_loss = _group_data(structure, data, g)
+    per_factor, rebuild = _split_loss(group, group_loss)
     dtype = _dtype_of(values)
     kind = group.kind
 
-    def one(sv, da):
+    def one(sv, da, lf):
         d0 = jnp.zeros(c, dtype)
+        loss = rebuild(lf)
         dat = (da, loss)
         if kind.linearize is not None or kind.jacobian is not None:
             r_raw_args = group.args(da)
@@ -515,7 +591,7 @@ def group_linearize(structure: GraphStructure, values: tuple, data: tuple, g: in
         J, r = jac(f, has_aux=True)(d0)
         return r, J
 
-    r, J = jax.vmap(one)(slot_vals, data_args)
+    r, J = jax.vmap(one)(slot_vals, data_args, per_factor)
     _check_dtype(group, r, dtype)
     return r, J
 
@@ -568,12 +644,13 @@ def group_cost_hessian(structure: GraphStructure, values: tuple, data: tuple, g:
     _, local = _group_fns(group, dims)
     slot_vals = _gather(values, group, slots)
     data_args, loss = _group_data(structure, data, g)
+    per_factor, rebuild = _split_loss(group, loss)
     d0 = jnp.zeros(sum(dims), _dtype_of(values))
 
-    def one(sv, da):
-        return jax.hessian(lambda d: 0.5 * jnp.sum(local(d, sv, (da, loss)) ** 2))(d0)
+    def one(sv, da, lf):
+        return jax.hessian(lambda d: 0.5 * jnp.sum(local(d, sv, (da, rebuild(lf))) ** 2))(d0)
 
-    return jax.vmap(one)(slot_vals, data_args)
+    return jax.vmap(one)(slot_vals, data_args, per_factor)
 
 
 def cost_hessian_csc_data(structure: GraphStructure, values: tuple, data: tuple, damping):
