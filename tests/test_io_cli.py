@@ -74,6 +74,8 @@ def test_pgo_errors_before_and_after_the_solve(tmp_path):
     for flags, message in [
         (["-o", str(tmp_path / "no" / "out.g2o")], "does not exist"),
         (["--plot", str(tmp_path / "out.xyz")], "unknown image format 'xyz'"),
+        # pgf needs an external LaTeX program: refused up front, not a traceback after
+        (["--plot", str(tmp_path / "out.pgf")], "unknown image format 'pgf'"),
         (["-o", str(tmp_path)], "is a directory"),
     ]:
         p = _cli("pgo", str(good), "--json", *flags)

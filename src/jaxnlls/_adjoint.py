@@ -201,15 +201,19 @@ class DirectLossAdjoint(AbstractAdjoint):
     the parameters; it tends to the exact implicit gradient as ``ε → 0``. Useful for
     non-smooth or robust residuals.
 
+    ``eps=None`` (default): ``∛(machine eps)`` of the solution's dtype (6e-6 in float64, 5e-3
+    in float32), the step that balances the difference's O(ε²) error against rounding. A fixed
+    1e-4 gave float32 gradients about 1% off (Sim(3) and SE(3) registration).
+
     Differentiability: gradients w.r.t. ``params`` and captured arrays (not ``init``).
     """
 
-    eps: float = 1e-4
+    eps: float | None = None
     iterations: int = eqx.field(default=10, static=True)
     damping: float = 0.0
 
     def __check_init__(self):
-        if not self.eps > 0:
+        if self.eps is not None and not self.eps > 0:
             raise ValueError(f"DirectLossAdjoint(eps) needs eps > 0; got {self.eps!r}")
 
     def apply(self, make_problem, x0, inputs, solver, max_steps, inputs_finite):

@@ -199,7 +199,10 @@ def _check_outputs(args) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
-        formats = FigureCanvasAgg.get_supported_filetypes()
+        # pgf is written through an external LaTeX program (xelatex), which the solve cannot
+        # check for; its failure came after the solve, as a traceback
+        formats = {k: v for k, v in FigureCanvasAgg.get_supported_filetypes().items()
+                   if k != "pgf"}
         if ext not in formats:
             raise _UsageError(
                 f"--plot {args.plot}: unknown image format {ext!r}; use one of "
@@ -209,11 +212,14 @@ def _check_outputs(args) -> None:
 
 @contextlib.contextmanager
 def _writing(flag: str, path: str):
-    """Turn a failed write (disk full, a path removed meanwhile) into an exit-2 error."""
+    """Turn a failed write (disk full, a path removed meanwhile, a plot format matplotlib
+    cannot write after all) into an exit-2 error."""
     try:
         yield
     except OSError as e:
         raise _UsageError(f"{flag} {path}: cannot write: {e.strerror or e}") from e
+    except (RuntimeError, ValueError) as e:
+        raise _UsageError(f"{flag} {path}: cannot write: {e}") from e
 
 
 def _json_safe(report: dict[str, Any]) -> dict[str, Any]:

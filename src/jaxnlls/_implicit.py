@@ -222,6 +222,8 @@ def _dl_bwd(residuals, cot_x, perturbed, inputs, x_star, flat, n, eps, iteration
     dbar = tangent_cotangent(x_star, flat.unravel, n, cot_x)
     vnorm = jnp.sqrt(jnp.sum(dbar * dbar))
     v = jnp.where(vnorm > 0, dbar / jnp.where(vnorm > 0, vnorm, 1.0), 0.0)
+    if eps is None:  # the central difference's step for this dtype (see DirectLossAdjoint)
+        eps = float(jnp.finfo(dbar.dtype).eps) ** (1 / 3)
 
     def phi(inp, d):
         return 0.5 * jnp.sum(jnp.square(flat(x_star, inp, d)))
