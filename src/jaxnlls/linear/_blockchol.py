@@ -52,6 +52,7 @@ class BlockCholeskyPlan:
             offsets += [off + k * dim for k in range(count)]
             dims += [dim] * count
         self.offsets, self.dims, self.n = tuple(offsets), tuple(dims), layout.n_cols
+        assert list(offsets) == sorted(offsets), "variables are expected in column order"
         self.slot_dims = tuple(tuple(layout.var_blocks[t][2] for t, _ in slots)
                                for slots in layout.slots)
         nv = len(offsets)
@@ -205,9 +206,8 @@ def _factor_and_solve(plan: BlockCholeskyPlan, blocks, damping, rhs):
         for i in plan.lower[j]:
             s = s - jnp.sum(L[(i, j)] * x[i][:, None], axis=0)
         x[j] = _upper_solve(chol[j], invs[j], s)
-    order = np.argsort(np.asarray(plan.offsets), kind="stable")
-    xs = jnp.concatenate([x[i] for i in order], axis=0)
-    return xs, jnp.all(jnp.stack(goods), axis=0)
+    # the variables are in column order (offsets increase), so x stacks as the columns do
+    return jnp.concatenate(x, axis=0), jnp.all(jnp.stack(goods), axis=0)
 
 
 def _lower_solve(Ljj, inv, s):
@@ -241,11 +241,10 @@ def graph_psd_solve(lin, damping, rhs):
     def dense(blocks, damping, rhs, cols):
         # the column indices come in as arguments: custom_vmap refuses a function that closes
         # over arrays, which inside a vmapped while_loop become batched constants
-        n = layout.n_cols
         A = jnp.diag(damping)
         for b, c in zip(blocks, cols):
             A = A.at[c[:, :, None], c[:, None, :]].add(jnp.einsum("nri,nrj->nij", b, b))
-        return psd_solve(A, rhs, jnp.diagonal(A)) if n else (rhs, jnp.asarray(True))
+        return psd_solve(A, rhs, jnp.diagonal(A))
 
     plan = block_cholesky_plan(layout)
     if plan.n_updates <= MAX_BLOCK_UPDATES:
