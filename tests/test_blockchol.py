@@ -201,3 +201,34 @@ def test_solve_of_a_batch_of_graphs_equals_the_loop(tol, x64, n_poses=12):
         np.testing.assert_allclose(batched.value.get(Pose).params[k],
                                    single.value.get(Pose).params,
                                    rtol=tol.rtol * 1e3, atol=tol.atol * 1e3)
+
+
+def test_short_sum_is_the_sum_and_stays_off_ynnpack():
+    """``short_sum`` equals ``jnp.sum`` (values, signed zeros, non-finite values, gradients,
+    ``vmap``); and where XLA:CPU gives ``jnp.sum``'s reduce to YNNPACK, it keeps this one."""
+    from jaxnlls._misc import short_sum
+
+    dtype = _dtype()
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(3, 4, 5)), dtype)
+    for axis in (0, 1, 2, -1):
+        np.testing.assert_array_equal(short_sum(a, axis), jnp.sum(a, axis))
+    special = jnp.asarray([[-0.0, -0.0], [1.0, jnp.inf], [jnp.nan, 1.0]], dtype)
+    np.testing.assert_array_equal(jnp.signbit(short_sum(special[:1], 1)),
+                                  jnp.signbit(jnp.sum(special[:1], 1)))
+    np.testing.assert_array_equal(short_sum(special, 1), jnp.sum(special, 1))
+    # (the generic reduce's JVP may sum in another order: equal to rounding)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(short_sum(x, 1) ** 2))(a),
+                               jax.grad(lambda x: jnp.sum(jnp.sum(x, 1) ** 2))(a),
+                               rtol=8 * float(jnp.finfo(dtype).eps))
+    np.testing.assert_array_equal(jax.vmap(lambda x: short_sum(x, 0))(a), jnp.sum(a, 1))
+
+    L = jnp.ones((3, 3, 4096), dtype)
+    y = jnp.ones((3, 4096), dtype)
+
+    def hlo(sum_fn):
+        return jax.jit(lambda L, y: y - sum_fn(L * y[None], 1)).lower(L, y).compile().as_text()
+
+    if "__ynn_fusion" not in hlo(jnp.sum):
+        return  # this backend or XLA version does not use YNNPACK for the plain sum
+    assert "__ynn_fusion" not in hlo(short_sum)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._misc import short_sum
 from ._blocksparse import BlockLayout
 from ._dense import psd_solve
 
@@ -99,7 +100,7 @@ def block_cholesky_plan(layout: BlockLayout) -> BlockCholeskyPlan:
 def _mm_t(X, Y):
     """``X Yᵀ`` for ``(a, k, B)`` and ``(b, k, B)``: broadcast and sum over the short ``k`` (a
     ``dot_general`` would move the batch axis first)."""
-    return jnp.sum(X[:, None, :, :] * Y[None, :, :, :], axis=2)
+    return short_sum(X[:, None, :, :] * Y[None, :, :, :], axis=2)
 
 
 def _chol_block(S, diag0, eps_n, tiny):
@@ -155,7 +156,7 @@ def _factor_and_solve(plan: BlockCholeskyPlan, blocks, damping, rhs):
                 Js, Jt = Jg[:, :, st[s]:st[s + 1]], Jg[:, :, st[t]:st[t + 1]]
                 # unrolled over the residual rows: XLA:CPU compiled this as a `reduce` over the
                 # middle axis of (n_g, r, dₛ, dₜ, B) into a slow loop (4,096 SE(2) graphs: 52 ms
-                # against 1.8 ms); the reduces below, over the last-but-one axis, are fine
+                # against 1.8 ms); the other short sums are `short_sum`s (see there)
                 prods[(g, s, t)] = sum(Js[:, r, :, None] * Jt[:, r, None, :]
                                        for r in range(Js.shape[1]))
         return prods[(g, s, t)]
@@ -198,13 +199,13 @@ def _factor_and_solve(plan: BlockCholeskyPlan, blocks, damping, rhs):
         o, d = plan.offsets[i], plan.dims[i]
         s = rhs[o:o + d]
         for k in plan.rows[i]:
-            s = s - jnp.sum(L[(i, k)] * y[k][None], axis=1)
+            s = s - short_sum(L[(i, k)] * y[k][None], axis=1)
         y[i] = _lower_solve(chol[i], invs[i], s)
     x = [None] * nv
     for j in reversed(range(nv)):
         s = y[j]
         for i in plan.lower[j]:
-            s = s - jnp.sum(L[(i, j)] * x[i][:, None], axis=0)
+            s = s - short_sum(L[(i, j)] * x[i][:, None], axis=0)
         x[j] = _upper_solve(chol[j], invs[j], s)
     # the variables are in column order (offsets increase), so x stacks as the columns do
     return jnp.concatenate(x, axis=0), jnp.all(jnp.stack(goods), axis=0)

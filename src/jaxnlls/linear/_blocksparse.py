@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._misc import short_sum
 from ._linearization import ELEMENTWISE_N, AbstractLinearization
 
 
@@ -253,7 +254,7 @@ class BlockSparseJacobian(eqx.Module):
         """``diag(JᵀJ)``."""
         out = jnp.zeros(self.layout.n_cols, self.dtype)
         for b, c in zip(self.blocks, self.layout.cols):
-            out = out.at[c.reshape(-1)].add(jnp.sum(b * b, axis=1).reshape(-1))
+            out = out.at[c.reshape(-1)].add(short_sum(b * b, axis=1).reshape(-1))
         return out
 
     def gram_block_diag(self) -> tuple[Float[Array, "n_t d d"], ...]:
