@@ -393,6 +393,8 @@ _V2 = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n"
         ("1 2 0 1 0 1", "not positive definite"),  # indefinite through off-diagonal
         # rank 1 (v vᵀ, v = (1, 0.1, 0.3)): its smallest eigenvalue comes out as -3e-17
         ("1 0.1 0.3 0.01 0.03 0.09", "singular"),
+        ("0 0 0 0 0 0", "singular"),  # all zero
+        ("0 1 0 1 0 1", "not positive definite"),  # zero diagonal, nonzero off-diagonal
     ],
 )
 def test_bad_information_is_error(tmp_path, info, what):
@@ -409,6 +411,45 @@ def test_bad_information_is_error(tmp_path, info, what):
     assert _is_symmetric_pd(g.information)
     np.testing.assert_array_equal(g.information[0], np.eye(3))  # good matrices untouched
     np.testing.assert_array_equal(g.sqrt_information()[0], np.eye(3))
+
+
+def _info_text(m: np.ndarray) -> str:
+    return " ".join(map(repr, m[np.triu_indices(3)].tolist()))
+
+
+def test_ill_conditioned_information_is_accepted_unchanged(tmp_path):
+    """Positive definite but badly scaled (a translation-only constraint): condition number 1e12
+    used to be rejected as singular, and fix_information used to raise the 1e-6."""
+    p = tmp_path / "info.g2o"
+    p.write_text(_V2 + "EDGE_SE2 0 1 1 0 0 1e6 0 0 1e6 0 1e-6\n")
+    for fix in (False, True):
+        g = read_g2o(p, fix_information=fix)
+        assert g.repaired.size == 0
+        np.testing.assert_array_equal(g.information[0], np.diag([1e6, 1e6, 1e-6]))
+        r = g.sqrt_information()[0]
+        np.testing.assert_allclose(r.T @ r, g.information[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1.0, 1e20])
+def test_information_test_is_scale_invariant(tmp_path, scale):
+    """Changing the units of the residual scales the information matrix: whether it is
+    positive definite must not change with them."""
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    cases = [
+        ((q * [1e-3, 1.0, 1e3]) @ q.T, None),
+        (np.diag([1e6, 1e6, 1e-6]), None),
+        ((q * [0.0, 1.0, 2.0]) @ q.T, "singular"),
+        ((q * [-1e-3, 1.0, 2.0]) @ q.T, "not positive definite"),
+    ]
+    p = tmp_path / "info.g2o"
+    for m, what in cases:
+        p.write_text(_V2 + "EDGE_SE2 0 1 1 0 0 " + _info_text(scale * m) + "\n")
+        if what is None:
+            assert read_g2o(p).repaired.size == 0
+        else:
+            with pytest.raises(FormatError, match=r"info\.g2o:3: EDGE_SE2: .* is " + what):
+                read_g2o(p)
 
 
 def test_project_to_psd_is_eigenvalue_clipping():
@@ -742,6 +783,52 @@ def test_utf8_bom_accepted(tmp_path, reader, text):
     for name in ("poses", "measurements", "cameras", "points", "observations"):
         if hasattr(a, name):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+_TORO_OK = "VERTEX2 0 0 0 0\nVERTEX2 1 1 0 0\nEDGE2 0 1 1 0 0 1 0 1 1 0 0\n"
+
+
+@pytest.mark.parametrize("char", ["\u00a0", "\x1c", "\x1f", "\x85", "\u2028", "\u3000"])
+@pytest.mark.parametrize(
+    "reader, text",
+    [(read_g2o, _V2 + _E), (read_toro, _TORO_OK), (read_bal, _BAL_OK)],
+    ids=["g2o", "toro", "bal"],
+)
+def test_only_ascii_whitespace_separates_fields(tmp_path, reader, text, char):
+    """str.split() also splits at Unicode and control 'whitespace' that C readers (and ours, for
+    digits) do not accept: such a separator is an error naming the character, not a silent
+    separator."""
+    lines = text.splitlines()
+    lines[1] = lines[1].replace(" ", char, 1)
+    p = tmp_path / "sep.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(FormatError, match=f"U\\+{ord(char):04X}") as e:
+        reader(p)
+    assert e.value.line == 2 and str(e.value).startswith(f"{p}:2: ")
+
+
+@pytest.mark.parametrize(
+    "reader, text",
+    [(read_g2o, _V2 + _E), (read_toro, _TORO_OK), (read_bal, _BAL_OK)],
+    ids=["g2o", "toro", "bal"],
+)
+def test_ascii_whitespace_separates_fields(tmp_path, reader, text):
+    """Runs of spaces, tabs, vertical tabs and form feeds (C's isspace) separate fields, and
+    Windows line ends are accepted."""
+    p, q = tmp_path / "ws.txt", tmp_path / "plain.txt"
+    spaced = text.replace(" ", " \t\v\f ").replace("\n", " \r\n")
+    p.write_bytes(spaced.encode())
+    q.write_text(text)
+    a, b = reader(p), reader(q)
+    for name in ("poses", "measurements", "information", "cameras", "points", "observations"):
+        if hasattr(a, name):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_unicode_whitespace_in_a_comment_is_skipped(tmp_path):
+    p = tmp_path / "c.g2o"
+    p.write_text("#\u00a0note\u2028\n" + _V2 + _E, encoding="utf-8")
+    assert read_g2o(p).n_edges == 1
 
 
 def test_information_with_huge_entries(tmp_path):

@@ -77,6 +77,9 @@ def test_pgo_errors_before_and_after_the_solve(tmp_path):
         # pgf needs an external LaTeX program: refused up front, not a traceback after
         (["--plot", str(tmp_path / "out.pgf")], "unknown image format 'pgf'"),
         (["-o", str(tmp_path)], "is a directory"),
+        # an empty path (-o "$UNSET") used to be ignored: exit 0, nothing written
+        (["-o", ""], "-o: empty path"),
+        (["--plot", ""], "--plot: empty path"),
     ]:
         p = _cli("pgo", str(good), "--json", *flags)
         assert p.returncode == 2, (flags, p.stderr)
@@ -90,6 +93,51 @@ def test_pgo_errors_before_and_after_the_solve(tmp_path):
     assert p.returncode == 2
     error = json.loads(p.stdout)["error"]
     assert error.startswith(f"{island}: --init chordal") and "e.g. vertex 30" in error
+
+
+def test_pgo_notes_fix_lines_it_does_not_enforce(tmp_path):
+    """Only the first pose is held (by the gauge); FIX lines naming other vertices used to be
+    ignored without a word."""
+    src = tmp_path / "fix.g2o"
+    body = ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\n"
+            "EDGE_SE2 0 1 1.5 0 0 1 0 0 1 0 1\nEDGE_SE2 1 2 1.5 0 0 1 0 0 1 0 1\n")
+    src.write_text(body + "FIX 0 2\n")
+    for flags in ([], ["--json"]):
+        p = _cli("pgo", str(src), *flags)
+        assert p.returncode == 0, p.stderr
+        assert "1 FIX vertex not enforced (id 2)" in p.stderr
+        assert "only the first pose (vertex 0) is held, by the gauge" in p.stderr
+    json.loads(p.stdout)  # stdout stays one JSON object
+    src.write_text(body + "FIX 0\n")  # the vertex the gauge holds anyway
+    p = _cli("pgo", str(src), "--json")
+    assert p.returncode == 0 and "FIX" not in p.stderr
+
+
+def test_pgo_plots_the_start_it_solved_from(shared_data, tmp_path):
+    """With --init chordal the plot's "initial" curve is the chordal start (whose cost the title
+    reports), not the file's poses."""
+    src = shared_data / "pgo2d/ring.g2o"
+    dump = tmp_path / "start.npy"
+    script = (
+        "import sys, numpy as np\n"
+        "from jaxnlls import _cli_graph, cli\n"
+        "def plot(path, pg, start, *rest):\n"
+        f"    np.save({str(dump)!r}, start)\n"
+        "_cli_graph._plot_pgo = plot\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script, "pgo", str(src), "--json", "--init", "chordal",
+         "--plot", str(tmp_path / "x.png")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    g = read_pose_graph(src)
+    start = np.load(dump)
+    assert start.shape == g.poses.shape
+    assert g.cost(start) == pytest.approx(r["initial_cost"], rel=1e-9)
+    assert r["initial_cost"] < 1e-2 * g.cost()  # not the file's poses
 
 
 def test_pgo_json_is_strict_when_the_cost_overflows(tmp_path):

@@ -29,6 +29,11 @@ _SOLVER_HELP = (
 )
 
 
+#: The largest ``--max-steps``: under ``--float32`` the solver counts steps in an int32, and a
+#: larger cap overflowed inside the jitted solve.
+_MAX_STEPS = 2**31 - 1
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -36,6 +41,8 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"needs a positive integer, got {text!r}")
+    if value > _MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"needs an integer at most {_MAX_STEPS}, got {text!r}")
     return value
 
 
@@ -186,8 +193,10 @@ def _check_outputs(args) -> None:
     import os
 
     for flag, path in (("-o", args.output), ("--plot", args.plot)):
-        if not path:
+        if path is None:
             continue
+        if not path:  # -o "$UNSET": an error, not a request to write nothing
+            raise _UsageError(f"{flag}: empty path")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise _UsageError(f"{flag} {path}: directory {parent} does not exist")
@@ -346,6 +355,7 @@ def _run_pgo(args, pg) -> int:
             + (f"; {pg.equivalences.shape[0]} EQUIV lines ignored" if len(pg.equivalences) else ""),
             flush=True,
         )
+    _note_fix_lines(args, pg)
     t0 = time.perf_counter()
     fg, init, pose_t = pose_graph_to_factor_graph(pg, gauge=args.gauge)
     build_s = time.perf_counter() - t0
@@ -389,14 +399,32 @@ def _run_pgo(args, pg) -> int:
             write_g2o(args.output, pg, poses)
         report["output"] = str(args.output)
     if args.plot:
+        start = group_to_poses(init.get(pose_t))  # the file's poses or the chordal start
         with _writing("--plot", args.plot):
-            _plot_pgo(args.plot, pg, poses, report)
+            _plot_pgo(args.plot, pg, start, poses, report)
         report["plot"] = str(args.plot)
     lines += _report_lines(report)
     if args.init == "file" and (report["iterations"] > _SLOW_START or not report["converged"]):
         lines.append(f"hint: more than {_SLOW_START} iterations from the file's poses; large-noise "
                      "graphs often reach a much lower cost from --init chordal")
     return _emit(args, report, lines)
+
+
+def _note_fix_lines(args, pg) -> None:
+    """FIX lines are read but not enforced: say so (on stderr, which --json leaves free) when
+    they name vertices other than the first pose, which the gauge holds anyway."""
+    free = pg.fixed[pg.fixed != 0]
+    if not free.size:
+        return
+    ids = ", ".join(str(int(v)) for v in pg.ids[free[:5]]) + (", ..." if free.size > 5 else "")
+    many = free.size > 1
+    print(
+        f"jaxnlls pgo: notice: {free.size} FIX {'vertices' if many else 'vertex'} not enforced "
+        f"({'ids' if many else 'id'} {ids}): only the first pose (vertex {int(pg.ids[0])}) is "
+        f"held, by the gauge{' prior' if args.gauge == 'prior' else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 #: Iterations after which ``jaxnlls pgo`` suggests ``--init chordal`` (well-posed shared graphs
@@ -426,14 +454,14 @@ def _report_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def _plot_pgo(path: str, pg, poses, report: dict[str, Any]) -> None:
+def _plot_pgo(path: str, pg, start, poses, report: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 7), dpi=120)
-    ax.plot(pg.poses[:, 0], pg.poses[:, 1], "-", color="0.75", lw=0.6, label="initial")
+    ax.plot(start[:, 0], start[:, 1], "-", color="0.75", lw=0.6, label="initial")
     ax.plot(poses[:, 0], poses[:, 1], "-", color="tab:blue", lw=0.8, label="optimized")
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x")

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ._errors import FormatError, check_utf8, open_text, parse_float, parse_int
+from ._errors import FormatError, parse_float, parse_int, read_fields
 
 __all__ = ["BALProblem", "read_bal", "write_bal", "rodrigues_rotate"]
 
@@ -117,22 +117,18 @@ def read_bal(path: str | os.PathLike[str]) -> BALProblem:
 
     Layout: a header ``n_cameras n_points n_observations``; ``n_observations`` lines
     ``camera point u v``; then ``9 n_cameras + 3 n_points`` parameters (one per line in the
-    published files; any whitespace layout is accepted here). Blank lines are skipped anywhere.
+    published files; any layout of ASCII whitespace is accepted here). Blank lines are skipped
+    anywhere.
 
     Raises:
         FormatError: wrong field count, non-numeric or non-finite value, index out of range,
             missing or trailing data (header counts that disagree with the body), bytes that are
-            not UTF-8, or an observed point at depth 0 in its camera (its projection would be
-            NaN). The message names the file and line.
+            not UTF-8, whitespace other than ASCII's (such as U+00A0), or an observed point at
+            depth 0 in its camera (its projection would be NaN). The message names the file and
+            line.
     """
     path = os.fspath(path)
-    lines = []
-    with open_text(path) as f:
-        for k, raw in enumerate(f, 1):
-            tok = raw.split()
-            if tok:
-                check_utf8(path, k, raw)
-                lines.append((k, tok))
+    lines = list(read_fields(path))
     if not lines:
         raise FormatError(path, None, "empty file")
     k0, head = lines[0]

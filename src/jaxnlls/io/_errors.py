@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
+from collections.abc import Iterator
 from typing import TextIO
+
+# Whitespace that str.split() separates fields at but C's isspace() (the formats' own readers)
+# does not: U+00A0, U+0085, U+2028, the U+001C-U+001F separators, ... Fields are separated by
+# space, tab, CR, LF, vertical tab and form feed only.
+_FOREIGN_SPACE = re.compile(r"[^\S \t\n\v\f\r]")
+_ASCII_FOREIGN_SPACE = "\x1c\x1d\x1e\x1f"
 
 
 class FormatError(ValueError):
@@ -61,6 +70,45 @@ def check_utf8(path: str, lineno: int, raw: str) -> None:
         raise FormatError(
             path, lineno, f"not UTF-8 text (byte 0x{byte.hex()} at column {e.start + 1})"
         ) from None
+
+
+def read_fields(path: str, *, comment: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each non-blank line of a data file.
+
+    Fields are separated by ASCII whitespace only. Lines whose first field starts with
+    ``comment`` are skipped unchecked (they may hold any bytes).
+
+    Raises:
+        FormatError: the file cannot be opened, or a line holds bytes that are not UTF-8
+            (:func:`check_utf8`) or whitespace other than ASCII's (:func:`check_separators`).
+    """
+    with open_text(path) as f:
+        text = f.read()  # (newlines translated to "\n", as iterating over f would)
+    # Checking each line costs ~15% of reading a BAL file: ASCII text without U+001C-U+001F
+    # (every file in practice) has nothing to check.
+    clean = text.isascii() and not any(c in text for c in _ASCII_FOREIGN_SPACE)
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        tok = raw.split()
+        if tok and not (comment and tok[0].startswith(comment)):
+            if not clean:
+                check_utf8(path, lineno, raw)
+                check_separators(path, lineno, raw)
+            yield lineno, tok
+
+
+def check_separators(path: str, lineno: int, raw: str) -> None:
+    """Raises :class:`FormatError` at ``path:lineno`` if ``raw`` holds whitespace other than
+    ASCII's, where ``raw.split()`` would silently separate fields."""
+    m = _FOREIGN_SPACE.search(raw)
+    if m:
+        c = m.group()
+        name = unicodedata.name(c, "a control character")
+        raise FormatError(
+            path,
+            lineno,
+            f"U+{ord(c):04X} ({name}) at column {m.start() + 1} does not separate fields; "
+            "use spaces or tabs",
+        )
 
 
 def _plain(s: str) -> bool:

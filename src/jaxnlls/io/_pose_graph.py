@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._errors import FormatError, check_utf8, open_text, parse_float, parse_int
+from ._errors import FormatError, parse_float, parse_int, read_fields
 from ._se_numpy import (
     se2_compose,
     se2_inverse,
@@ -37,9 +37,12 @@ __all__ = [
     "INFORMATION_FLOOR",
 ]
 
-#: An information matrix is rejected when its smallest eigenvalue is ``<= INFORMATION_RTOL``
-#: times its largest absolute eigenvalue (non-positive-definite or singular to working precision).
-INFORMATION_RTOL = 1e-12
+#: A ``d x d`` information matrix ``A`` is rejected (not positive definite, or singular to working
+#: precision) when the smallest eigenvalue of its unit-diagonal scaling ``D^-1/2 A D^-1/2``
+#: (``D = diag(A)``) is ``<= d * INFORMATION_RTOL``; a non-positive diagonal entry makes it so.
+#: The scaling keeps definiteness and removes units: ``diag(1e6, 1e6, 1e-6)`` (a translation-only
+#: constraint) is accepted, and so is any valid matrix times ``1e-20`` or ``1e20``.
+INFORMATION_RTOL = 64 * float(np.finfo(np.float64).eps)
 #: ``fix_information=True`` clips eigenvalues from below at ``INFORMATION_FLOOR`` times the largest
 #: absolute eigenvalue of the matrix (or at ``INFORMATION_FLOOR`` itself for an all-zero matrix).
 INFORMATION_FLOOR = 1e-9
@@ -90,6 +93,24 @@ def project_to_psd(matrix: np.ndarray, floor: float = INFORMATION_FLOOR) -> np.n
     w = np.maximum(w, floor * scale)
     out = (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
     return s * (0.5 * (out + np.swapaxes(out, -1, -2)))
+
+
+def _scaled_eigenvalues(m: np.ndarray) -> np.ndarray:
+    """``(..., d)`` ascending eigenvalues of each ``(..., d, d)`` matrix scaled to unit diagonal.
+
+    The scaling is a congruence, so it keeps the signs of the eigenvalues (Sylvester's law): the
+    result tells definiteness whatever the units. A zero diagonal entry is scaled by the largest
+    one instead (its eigenvalue test fails either way).
+    """
+    diag = np.abs(np.diagonal(m, axis1=-2, axis2=-1))
+    top = np.max(diag, axis=-1, keepdims=True)
+    diag = np.where(diag > 0.0, diag, np.where(top > 0.0, top, 1.0))
+    s = 1.0 / np.sqrt(diag)
+    with np.errstate(over="ignore"):
+        c = m * s[..., :, None] * s[..., None, :]
+    # An off-diagonal |c_ab| >= 1 makes a 2x2 minor non-positive; clipping at 2 keeps it so and
+    # keeps an overflowed entry (inf) out of eigvalsh.
+    return np.linalg.eigvalsh(np.clip(c, -2.0, 2.0))
 
 
 def _entry_scale(m: np.ndarray) -> np.ndarray:
@@ -281,12 +302,8 @@ class _Line:
 
 
 def _lines(path: str) -> Iterable[_Line]:
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            tok = raw.split()
-            if tok and not tok[0].startswith("#"):
-                check_utf8(path, lineno, raw)  # (comments may be in any encoding)
-                yield _Line(path, lineno, tok)
+    for lineno, tok in read_fields(path, comment="#"):
+        yield _Line(path, lineno, tok)
 
 
 def _check_unit_quaternion(rec: _Line, q: list[float]) -> np.ndarray:
@@ -421,22 +438,22 @@ def _read(
         edges = np.searchsorted(ids, ij).astype(np.int64)
 
     # information matrices: positive definite to working precision, or repaired
-    # (eigenvalues of information / max|entry|, so that huge finite entries cannot overflow)
-    entry_scale = _entry_scale(information)
-    eig = np.linalg.eigvalsh(information / entry_scale[:, None, None])
-    scale = np.max(np.abs(eig), axis=-1)
-    bad = np.nonzero(~(eig[:, 0] > INFORMATION_RTOL * scale))[0]
+    eig = _scaled_eigenvalues(information)
+    tol = d * INFORMATION_RTOL
+    bad = np.nonzero(~(eig[:, 0] > tol))[0]
     repaired = np.zeros((0,), dtype=np.int64)
     if bad.size:
         if not fix_information:
             k = int(bad[0])
             ln = int(edge_lines[k])
             # a negative eigenvalue at round-off level is a singular (PSD) matrix, not indefinite
-            singular = eig[k, 0] >= -INFORMATION_RTOL * scale[k]
-            what = "singular" if singular else "not positive definite"
+            what = "singular" if eig[k, 0] >= -tol else "not positive definite"
             more = f" ({bad.size} such edges in the file)" if bad.size > 1 else ""
-            with np.errstate(over="ignore"):  # (an eigenvalue beyond float64 shows as inf)
-                shown = eig[k] * entry_scale[k]
+            # the matrix's own eigenvalues (of A / max|entry|, so that huge entries cannot
+            # overflow; one beyond float64 shows as inf)
+            entry_scale = _entry_scale(information[k])
+            with np.errstate(over="ignore"):
+                shown = np.linalg.eigvalsh(information[k] / entry_scale) * entry_scale
             raise FormatError(
                 path,
                 ln,
@@ -550,20 +567,22 @@ def read_g2o(path: str | os.PathLike[str], *, fix_information: bool = False) -> 
 
     Args:
         path: the file.
-        fix_information: project information matrices that are not positive definite (to
-            within ``INFORMATION_RTOL``) to the nearest positive-definite matrix by clipping
-            their eigenvalues at ``INFORMATION_FLOOR`` times the largest one; the repaired edge
-            indices are in ``PoseGraph.repaired``. Without it such a matrix is an error.
+        fix_information: project information matrices that are not positive definite (by the
+            scaled test of ``INFORMATION_RTOL``) to the nearest positive-definite matrix by
+            clipping their eigenvalues at ``INFORMATION_FLOOR`` times the largest one; the
+            repaired edge indices are in ``PoseGraph.repaired``. Without it such a matrix is an
+            error.
 
     Returns:
         The :class:`PoseGraph`.
 
     Raises:
         FormatError: malformed line (field count, non-numeric or non-finite value, id outside
-            the int64 range, non-unit quaternion, bytes that are not UTF-8), unknown tag, mixed
-            2D/3D records, duplicate vertex id, edge naming a missing vertex, self-edge,
-            non-positive-definite or singular information matrix, or an edges-only file whose
-            edges do not connect all poses. The message names the file, the line and the tag.
+            the int64 range, non-unit quaternion, bytes that are not UTF-8, whitespace other
+            than ASCII's such as U+00A0 between fields), unknown tag, mixed 2D/3D records,
+            duplicate vertex id, edge naming a missing vertex, self-edge, non-positive-definite
+            or singular information matrix, or an edges-only file whose edges do not connect all
+            poses. The message names the file, the line and the tag (if the line has one).
     """
     return _read(path, _G2O_TAGS, fix_information, "g2o")
 
