@@ -799,6 +799,21 @@ def test_marginal_covariance_of_a_singular_graph_raises(ls):
     assert cov.shape == (0, 3, 3)  # was (0, 0)
 
 
+def test_marginal_covariance_of_a_long_free_chain_raises_in_float32():
+    """The dense solve's pivot test decides too: in float32 the basic solution of a free chain
+    of 150 poses has a residual below the check's threshold (was a finite 3 × 3)."""
+    n, dt = 150, jnp.float32
+    rng = np.random.default_rng(0)
+    ia = np.arange(n - 1)
+    z = SE2.from_xy_theta(*(jnp.asarray(v, dt) for v in (
+        np.ones(n - 1), rng.normal(0, 0.3, n - 1), rng.normal(0, 0.2, n - 1))))
+    free = FactorGraph.build([between(Pose(ia), Pose(ia + 1), z, jnp.ones((n - 1, 3), dt))],
+                             gauge=None)
+    init = VarValues.make({Pose(np.arange(n)): SE2.identity((n,), dtype=dt)})
+    with pytest.raises(eqx.EquinoxRuntimeError, match="JᵀJ is singular .* too ill-conditioned"):
+        free.marginal_covariance(init, Pose(n // 2), linear_solver=DenseCholesky())
+
+
 
 def test_dense_graph_without_gauge_reports_singular():
     """Between factors alone with gauge=None leave JᵀJ singular (moving every pose by one

@@ -9,6 +9,7 @@ optimum no worse than GTSAM's from the file's guess.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
@@ -199,6 +200,18 @@ def test_bad_input_is_named():
     bad = SE2(z.params.at[2, 2].set(jnp.nan))
     with pytest.raises(Exception, match="chordal_initialization: a linear solve failed"):
         jax.block_until_ready(chordal_initialization(EDGES, bad, N_POSES))
+    with pytest.raises(ValueError, match="anchor_pose must be one SE2.*got SE3"):
+        chordal_initialization(EDGES, z, N_POSES, anchor_pose=SE3.identity(dtype=dt))
+    with pytest.raises(ValueError, match=r"anchor_pose must be one SE2.*batch shape \(1,\)"):
+        chordal_initialization(EDGES, z, N_POSES, anchor_pose=SE2.identity((1,), dt))
+
+
+def test_a_single_pose_is_the_anchor():
+    dt = _dtype()
+    x = SE2.from_xy_theta(jnp.asarray(1.0, dt), jnp.asarray(2.0, dt), jnp.asarray(0.3, dt))
+    out = chordal_initialization(np.zeros((0, 2), int), SE2.identity((0,), dt), 1, anchor_pose=x)
+    assert out.params.shape == (1, 4) and out.params.dtype == dt
+    np.testing.assert_array_equal(out.params[0], x.params)
 
 
 def test_pose_graph_init_option_rejects_unknown(shared_data):
@@ -307,3 +320,35 @@ def test_host_chordal_names_bad_graphs(shared_data):
     nan[3, 0] = np.nan
     with pytest.raises(ValueError, match="chordal initialization: a linear solve"):
         chordal_poses(dataclasses.replace(pg, measurements=nan))
+
+
+_ONE_CPU_SCRIPT = """
+import os, sys, jax
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+jax.config.update("jax_enable_x64", True)
+from jaxnlls.graph import chordal_initialization
+from jaxnlls.io import poses_to_group, read_g2o
+pg = read_g2o(sys.argv[1])
+z = poses_to_group(pg.measurements, pg.dim)
+for _ in range(3):
+    jax.block_until_ready(chordal_initialization(pg.edges, z, pg.n_poses,
+                                                 information=pg.information))
+print("done")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_host_sparse_solve_does_not_deadlock_on_one_cpu(shared_data):
+    """On one CPU, reading `jax.pure_callback`'s operands inside the callback could wait forever
+    on the runtime running it (2 hangs in 3 chordal initializations of intel.g2o); the host
+    solver's callback is a `buffer_callback`, which hands over the runtime's own buffers."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _ONE_CPU_SCRIPT, str(shared_data / "pgo2d" / "intel.g2o")],
+            capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("chordal_initialization with a host sparse solver hung on one CPU")
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr[-2000:]

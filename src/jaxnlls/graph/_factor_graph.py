@@ -503,14 +503,17 @@ def _marginals(graph, values, data, ls, key):
     flat_cols = np.asarray(cols).reshape(-1)
     E = jnp.zeros((len(flat_cols), n), dtype).at[np.arange(len(flat_cols)), flat_cols].set(1.0)
     zeros = jnp.zeros(n, dtype)
-    X = jax.vmap(lambda e: ls.solve(lin, zeros, e)[0])(E)  # (k*d, n)
+    X, ok = jax.vmap(lambda e: ls.solve(lin, zeros, e))(E)  # (k*d, n)
     # singular JᵀJ (no prior or gauge on some variable): the step solvers return a finite
-    # fallback (qdldl and PCG even report success), so check that JᵀJ X = E actually holds
+    # fallback, and qdldl and PCG may even report success, so also check that JᵀJ X = E holds;
+    # the dense solve's pivot test catches what that check misses in float32 (a free chain of
+    # 150 poses: its basic solution's residual fell below the threshold)
     resid = jax.vmap(lambda x: lin.rmv(lin.mv(x)))(X) - E
     bad = ~(jnp.max(jnp.abs(resid), initial=0.0) <= jnp.finfo(dtype).eps ** 0.25)
     X = eqx.error_if(
-        X, bad, "marginal_covariance: JᵀJ is singular (a variable without a prior or gauge) or "
-        "non-finite at `values`, so the covariance is not defined"
+        X, bad | ~jnp.all(ok), "marginal_covariance: JᵀJ is singular (a variable without a "
+        "prior or gauge), too ill-conditioned for the working precision (in float32: use "
+        "float64), or non-finite at `values`, so the covariance is not defined"
     )
     cov_cols = X[:, flat_cols]  # (k*d, k*d)
     if structure.free_mask is not None:

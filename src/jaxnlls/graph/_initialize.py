@@ -157,6 +157,13 @@ def chordal_initialization(
     dtype = measurements.params.dtype
     if anchor_pose is None:
         anchor_pose = group.identity(dtype=dtype)
+    elif type(anchor_pose) is not group or anchor_pose.params.shape[:-1] != ():
+        raise ValueError(
+            f"chordal_initialization: anchor_pose must be one {group.__name__} (the "
+            f"measurements' group), got {type(anchor_pose).__name__} of batch shape "
+            f"{getattr(getattr(anchor_pose, 'params', None), 'shape', (None,))[:-1]}")
+    if n_poses == 1:  # nothing to solve (and no factor to build a graph from)
+        return group(jnp.asarray(anchor_pose.params, dtype)[None])
     return _chordal(_Ids(edges), n_poses, int(anchor), measurements, information, anchor_pose,
                     linear_solver)
 

@@ -41,7 +41,8 @@ deterministic, no timing): CHOLMOD when installed and the factorization is not s
 (:data:`CHOLMOD_MIN_SECONDS`), else the faster of the supernodal backend and qdldl; scipy's
 SuperLU when qdldl is not installed.
 
-All of them run on the host via :func:`jax.pure_callback` (CPU numpy). Under ``vmap`` the
+All of them run on the host via ``jax.experimental.buffer_callback`` (CPU numpy; see
+:func:`sparse_solve` for why not ``jax.pure_callback``). Under ``vmap`` the
 callback is made once per batch (``vmap_method="expand_dims"``) and solves the members with the
 same symbolic analysis, split over a few threads for qdldl (:meth:`_HostFactor.solve_batch`;
 ``"auto"`` uses qdldl for batches even where it chose CHOLMOD for single solves: 256 members
@@ -59,6 +60,7 @@ solves work, at the price of one extra host solve per backward step.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any
@@ -67,6 +69,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+try:  # jax >= 0.7
+    from jax.experimental.buffer_callback import buffer_callback
+except ImportError:  # pragma: no cover - older jax: pure_callback (see sparse_solve)
+    buffer_callback = None
 
 from ._blocksparse import BlockLayout, block_layout_of
 from ._step import AbstractStepSolver
@@ -793,8 +800,21 @@ def sparse_solve(layout: BlockLayout, data, rhs, backend: str = "auto"):
         bb = np.broadcast_to(b, batch + b.shape[-1:]).reshape(-1, b.shape[-1])
         return fac.solve_batch(d, bb).reshape(batch + b.shape[-1:]).astype(b.dtype)
 
+    def host_buffers(ctx, out, d, b):
+        del ctx
+        np.asarray(out)[...] = host(d, b)
+
+    # buffer_callback, not pure_callback: pure_callback hands the callback its operands
+    # device_put as jax Arrays, and on a machine with one CPU reading them inside the callback
+    # could wait forever on the runtime that runs the callback (chordal initialization of
+    # intel.g2o under `taskset -c 1`: 2 hangs in 3 runs); here they are the runtime's buffers
+    if buffer_callback is not None:
+        solve = buffer_callback(host_buffers, out_type, vmap_method="expand_dims")
+    else:  # pragma: no cover
+        solve = functools.partial(jax.pure_callback, host, out_type, vmap_method="expand_dims")
+
     def solve_fn(_, b):
-        return jax.pure_callback(host, out_type, data, b, vmap_method="expand_dims")
+        return solve(data, b)
 
     return jax.lax.custom_linear_solve(
         lambda v: sym_csc_matvec(layout, data, v), rhs, solve_fn, symmetric=True
