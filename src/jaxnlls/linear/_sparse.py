@@ -804,13 +804,14 @@ def sparse_solve(layout: BlockLayout, data, rhs, backend: str = "auto"):
         del ctx
         np.asarray(out)[...] = host(d, b)
 
-    # buffer_callback, not pure_callback: pure_callback hands the callback its operands
-    # device_put as jax Arrays, and on a machine with one CPU reading them inside the callback
-    # could wait forever on the runtime that runs the callback (chordal initialization of
-    # intel.g2o under `taskset -c 1`: 2 hangs in 3 runs); here they are the runtime's buffers
-    if buffer_callback is not None:
+    # On CPU a buffer_callback, not pure_callback: pure_callback hands the callback its
+    # operands device_put as jax Arrays, and on a machine with one CPU reading them inside the
+    # callback could wait forever on the runtime that runs the callback (chordal initialization
+    # of intel.g2o under `taskset -c 1`: 2 hangs in 3 runs); here they are the runtime's own
+    # buffers. On a GPU those would be device memory, so pure_callback copies them to the host.
+    if buffer_callback is not None and jax.default_backend() == "cpu":
         solve = buffer_callback(host_buffers, out_type, vmap_method="expand_dims")
-    else:  # pragma: no cover
+    else:  # pragma: no cover - GPU/TPU, or jax without buffer_callback
         solve = functools.partial(jax.pure_callback, host, out_type, vmap_method="expand_dims")
 
     def solve_fn(_, b):
