@@ -337,7 +337,8 @@ print("done")
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
+                    reason="pinning the test process to one CPU needs os.sched_setaffinity (Linux)")
 def test_host_sparse_solve_does_not_deadlock_on_one_cpu(shared_data):
     """On one CPU, reading `jax.pure_callback`'s operands inside the callback could wait forever
     on the runtime running it (2 hangs in 3 chordal initializations of intel.g2o); the host

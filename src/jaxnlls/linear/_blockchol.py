@@ -154,11 +154,7 @@ def _factor_and_solve(plan: BlockCholeskyPlan, blocks, damping, rhs):
             else:
                 Jg, st = blocks[g], starts[g]
                 Js, Jt = Jg[:, :, st[s]:st[s + 1]], Jg[:, :, st[t]:st[t + 1]]
-                # unrolled over the residual rows: XLA:CPU compiled this as a `reduce` over the
-                # middle axis of (n_g, r, dₛ, dₜ, B) into a slow loop (4,096 SE(2) graphs: 52 ms
-                # against 1.8 ms); the other short sums are `short_sum`s (see there)
-                prods[(g, s, t)] = sum(Js[:, r, :, None] * Jt[:, r, None, :]
-                                       for r in range(Js.shape[1]))
+                prods[(g, s, t)] = short_sum(Js[:, :, :, None] * Jt[:, :, None, :], axis=1)
         return prods[(g, s, t)]
 
     def assembled(i, j):
